@@ -1,0 +1,6 @@
+"""``python -m salient_background <command>``."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

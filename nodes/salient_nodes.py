@@ -1,0 +1,157 @@
+"""Salient-object nodes: load InSPyReNet, and turn an IMAGE batch into an ``object_mask`` (1 = object)."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import torch
+
+from ..models import image_ops
+from ..models.precision import PRECISIONS, resolve_dtype
+from . import comfy_glue
+
+log = logging.getLogger("salient_background")
+
+SALIENT_FOLDER = "salient"
+SALIENT_WHERE_TO_GET = (
+    "Put the InSPyReNet checkpoint released with transparent-background (ckpt_base.pth for base mode, "
+    "ckpt_fast.pth for fast mode) in ComfyUI/models/salient (or a 'salient' entry of extra_model_paths.yaml), "
+    "or run: python -m salient_background download inspyrenet_base"
+)
+RESIZE_POLICIES = ["dynamic", "static"]
+
+
+def register_folders() -> None:
+    comfy_glue.register_model_folder(SALIENT_FOLDER, "salient")
+
+
+class SalientModel:
+    """What travels on a SALIENT_MODEL socket: the segmenter plus its ComfyUI wrapper for offloading."""
+
+    def __init__(self, segmenter, wrapped, source: str):
+        self.segmenter = segmenter
+        self.wrapped = wrapped  # ModelPatcher inside ComfyUI, the bare network outside
+        self.source = source
+
+    def predict(self, images: torch.Tensor, resize: str):
+        comfy_glue.load_on_device(self.wrapped)
+        return self.segmenter.predict(images, resize=resize)
+
+
+# Loaded models survive graph edits; keyed by file identity so a replaced file is reloaded.
+_CACHE: dict[tuple, SalientModel] = {}
+_CACHE_LOCK = threading.Lock()
+_CACHE_SIZE = 2
+
+
+def load_salient_model_cached(path: str, mode: str, precision: str) -> SalientModel:
+    from ..models.salient import load_salient_model
+
+    stat = os.stat(path)
+    device = comfy_glue.torch_device()
+    dtype = resolve_dtype(precision, device)
+    key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size, mode, dtype)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        segmenter = load_salient_model(path, mode=mode, device=torch.device("cpu"), dtype=dtype)
+        model = SalientModel(segmenter, comfy_glue.wrap_for_offload(segmenter.network), path)
+        while len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = model
+        return model
+
+
+class LoadSalientModel:
+    """Loads an InSPyReNet (Swin-B) checkpoint from the ``salient`` model folder."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        register_folders()
+        return {
+            "required": {
+                "checkpoint": (comfy_glue.list_model_files(SALIENT_FOLDER), {
+                    "tooltip": "InSPyReNet checkpoint from models/salient: ckpt_base.pth (base) or ckpt_fast.pth (fast)."}),
+                "mode": (["base", "fast"], {
+                    "default": "base",
+                    "tooltip": "base = the paper's setting (network base size 1024); fast = base size 384. "
+                               "Must match the checkpoint: ckpt_base.pth -> base, ckpt_fast.pth -> fast."}),
+                "precision": (PRECISIONS, {"default": "auto", "tooltip": "auto = fp16 on CUDA, fp32 otherwise."}),
+            }
+        }
+
+    RETURN_TYPES = ("SALIENT_MODEL",)
+    RETURN_NAMES = ("salient_model",)
+    FUNCTION = "load"
+    CATEGORY = "Salient Background/salient"
+    DESCRIPTION = "Loads the InSPyReNet salient-object network used by the paper (via transparent-background)."
+
+    def load(self, checkpoint: str, mode: str = "base", precision: str = "auto"):
+        register_folders()
+        path = comfy_glue.resolve_model_file(SALIENT_FOLDER, checkpoint, where_to_get=SALIENT_WHERE_TO_GET)
+        return (load_salient_model_cached(path, mode, precision),)
+
+
+class SalientMask:
+    """IMAGE batch -> object_mask (1 = object), a cut-out on neutral grey, its background mask, a preview."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "salient_model": ("SALIENT_MODEL",),
+                "image": ("IMAGE",),
+                "resize": (RESIZE_POLICIES, {
+                    "default": "dynamic",
+                    "tooltip": "dynamic = transparent-background 1.2.12, the paper's pin (short side capped at 1280, "
+                               "sides rounded to multiples of 32); static = 1.3.x (square resize to the base size)."}),
+                "mask_type": (["soft", "binary"], {
+                    "default": "soft", "tooltip": "soft = the network's map in 0..1 (the paper's hint); binary = >= 0.5."}),
+            },
+            "optional": {
+                "batch_size": ("INT", {"default": 4, "min": 1, "max": 64,
+                                       "tooltip": "Images per forward pass (more is faster per image, needs more memory)."}),
+            },
+        }
+
+    RETURN_TYPES = ("MASK", "IMAGE", "MASK", "IMAGE")
+    RETURN_NAMES = ("object_mask", "cutout", "background_mask", "preview")
+    OUTPUT_TOOLTIPS = (
+        "1 = salient object, 0 = background (soft or binary).",
+        "The object on neutral grey (RGB). For a transparent PNG join it with background_mask in JoinImageWithAlpha.",
+        "1 = background: the polarity JoinImageWithAlpha expects for transparency (it uses 1 - mask as alpha).",
+        "The photo with the object tinted, to check the mask.",
+    )
+    FUNCTION = "segment"
+    CATEGORY = "Salient Background/salient"
+    DESCRIPTION = "Finds the salient object in each image (InSPyReNet). An image with no salient object gets an empty mask and a warning."
+
+    def segment(self, salient_model: SalientModel, image: torch.Tensor, resize: str = "dynamic",
+                mask_type: str = "soft", batch_size: int = 4):
+        images = image_ops.as_rgb_images(image)
+        progress = comfy_glue.Progress(images.shape[0])
+        maps = []
+        for start in range(0, images.shape[0], batch_size):  # chunks: bounded memory, progress, interrupts
+            progress.check_interrupt()
+            chunk = images[start:start + batch_size]
+            maps.append(salient_model.predict(chunk, resize).maps.float().cpu())  # warns about empty images itself
+            progress.update(chunk.shape[0])
+        object_mask = torch.cat(maps, dim=0)
+        if mask_type == "binary":
+            object_mask = (object_mask >= 0.5).float()
+        out_device = comfy_glue.intermediate_device()
+        images = images.cpu()
+        cutout = image_ops.composite_on_colour(images, object_mask)
+        preview = image_ops.overlay_mask(images, object_mask)
+        return (object_mask.to(out_device), cutout.to(out_device), (1.0 - object_mask).to(out_device), preview.to(out_device))
+
+
+NODE_CLASS_MAPPINGS = {
+    "SalientBG_LoadSalientModel": LoadSalientModel,
+    "SalientBG_SalientMask": SalientMask,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "SalientBG_LoadSalientModel": "Load Salient Model (InSPyReNet)",
+    "SalientBG_SalientMask": "Salient Object Mask",
+}

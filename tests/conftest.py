@@ -1,0 +1,35 @@
+"""Test configuration.
+
+The tests import the pack as ``salient_background`` whatever the clone's folder is called: through the
+installed package when ``pip install -e .`` ran, otherwise by registering the repository root under that name.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _import_pack_as_salient_background() -> None:
+    if "salient_background" in sys.modules:
+        return
+    spec = importlib.util.find_spec("salient_background")
+    if spec is not None:
+        return
+    spec = importlib.util.spec_from_file_location(
+        "salient_background", os.path.join(REPO_ROOT, "__init__.py"), submodule_search_locations=[REPO_ROOT]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["salient_background"] = module
+    spec.loader.exec_module(module)
+
+
+_import_pack_as_salient_background()
+
+# Shared builders of tiny random models saved in real on-disk formats live in tests/sb_testkit/, importable
+# from every test module (`from sb_testkit import ...`). Only the tests folder goes on sys.path, never the root.
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+if TESTS_DIR not in sys.path:
+    sys.path.insert(0, TESTS_DIR)

@@ -1,0 +1,1 @@
+"""Training subpackage (ControlNet trainer, data preparation, export). Filled in by the training issue."""
