@@ -23,8 +23,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--checkpoint", required=True, help="InSPyReNet checkpoint: ckpt_base.pth (or .safetensors)")
     parser.add_argument("--mode", choices=["base", "fast"], default="base",
                         help="base = the paper's setting (ckpt_base.pth); fast = ckpt_fast.pth (default: base)")
-    parser.add_argument("--resize", choices=["dynamic", "static"], default="dynamic",
-                        help="dynamic = transparent-background 1.2.12, the paper's pin; static = 1.3.x (default: dynamic)")
+    parser.add_argument("--resize", choices=["auto", "dynamic", "static"], default="auto",
+                        help="auto = transparent-background 1.2.12 (the paper's pin): dynamic in base mode, 384x384 in "
+                             "fast mode; dynamic/static force one policy (static at base size = 1.3.x). Default: auto")
     parser.add_argument("--binary", action="store_true", help="write a binary mask (>= 0.5) instead of the soft map")
     parser.add_argument("--output-dir", help="where to write (default: next to each image)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")

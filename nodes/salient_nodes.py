@@ -9,6 +9,7 @@ import torch
 
 from ..models import image_ops
 from ..models.precision import PRECISIONS, resolve_dtype
+from ..models.salient import RESIZE_POLICIES
 from . import comfy_glue
 
 log = logging.getLogger("salient_background")
@@ -19,7 +20,6 @@ SALIENT_WHERE_TO_GET = (
     "ckpt_fast.pth for fast mode) in ComfyUI/models/salient (or a 'salient' entry of extra_model_paths.yaml), "
     "or run: python -m salient_background download inspyrenet_base"
 )
-RESIZE_POLICIES = ["dynamic", "static"]
 
 
 def register_folders() -> None:
@@ -34,9 +34,9 @@ class SalientModel:
         self.wrapped = wrapped  # ModelPatcher inside ComfyUI, the bare network outside
         self.source = source
 
-    def predict(self, images: torch.Tensor, resize: str):
+    def predict(self, images: torch.Tensor, resize: str, batch_size: int, progress=None):
         comfy_glue.load_on_device(self.wrapped)
-        return self.segmenter.predict(images, resize=resize)
+        return self.segmenter.predict(images, resize=resize, batch_size=batch_size, progress=progress)
 
 
 # Loaded models survive graph edits; keyed by file identity so a replaced file is reloaded.
@@ -102,10 +102,11 @@ class SalientMask:
             "required": {
                 "salient_model": ("SALIENT_MODEL",),
                 "image": ("IMAGE",),
-                "resize": (RESIZE_POLICIES, {
-                    "default": "dynamic",
-                    "tooltip": "dynamic = transparent-background 1.2.12, the paper's pin (short side capped at 1280, "
-                               "sides rounded to multiples of 32); static = 1.3.x (square resize to the base size)."}),
+                "resize": (list(RESIZE_POLICIES), {
+                    "default": "auto",
+                    "tooltip": "auto = what transparent-background 1.2.12 (the paper's pin) does per mode: base resizes "
+                               "dynamically (short side capped at 1280, sides rounded to multiples of 32), fast resizes "
+                               "to 384x384. dynamic/static force one policy (static at base size = 1.3.x)."}),
                 "mask_type": (["soft", "binary"], {
                     "default": "soft", "tooltip": "soft = the network's map in 0..1 (the paper's hint); binary = >= 0.5."}),
             },
@@ -127,17 +128,19 @@ class SalientMask:
     CATEGORY = "Salient Background/salient"
     DESCRIPTION = "Finds the salient object in each image (InSPyReNet). An image with no salient object gets an empty mask and a warning."
 
-    def segment(self, salient_model: SalientModel, image: torch.Tensor, resize: str = "dynamic",
+    def segment(self, salient_model: SalientModel, image: torch.Tensor, resize: str = "auto",
                 mask_type: str = "soft", batch_size: int = 4):
         images = image_ops.as_rgb_images(image)
         progress = comfy_glue.Progress(images.shape[0])
-        maps = []
-        for start in range(0, images.shape[0], batch_size):  # chunks: bounded memory, progress, interrupts
-            progress.check_interrupt()
-            chunk = images[start:start + batch_size]
-            maps.append(salient_model.predict(chunk, resize).maps.float().cpu())  # warns about empty images itself
-            progress.update(chunk.shape[0])
-        object_mask = torch.cat(maps, dim=0)
+        done_so_far = [0]
+
+        def on_chunk(done: int, total: int) -> None:  # called between forward passes; may raise to interrupt
+            progress.update(done - done_so_far[0])
+            done_so_far[0] = done
+
+        progress.check_interrupt()
+        # the segmenter logs a warning for each image without a salient object (its mask is empty)
+        object_mask = salient_model.predict(images, resize, batch_size, on_chunk).maps.float().cpu()
         if mask_type == "binary":
             object_mask = (object_mask >= 0.5).float()
         out_device = comfy_glue.intermediate_device()

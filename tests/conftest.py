@@ -33,3 +33,17 @@ _import_pack_as_salient_background()
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if TESTS_DIR not in sys.path:
     sys.path.insert(0, TESTS_DIR)
+
+
+# ---------------------------------------------------------------------------------------------- shared fixtures
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def inspyrenet_fast_checkpoint(tmp_path_factory) -> str:
+    """A full-size InSPyReNet (Swin-B) with seeded random, calibrated weights, saved as the official flat ``.pth``
+    (fast mode, base size 384: the cheapest real configuration)."""
+    from sb_testkit.inspyrenet import random_inspyrenet_state_dict, save_pth
+
+    path = tmp_path_factory.mktemp("salient") / "ckpt_fast.pth"
+    return save_pth(random_inspyrenet_state_dict(seed=0, base_size=384), path)
