@@ -1,0 +1,367 @@
+"""Writes the shared workflows (UI format in ``workflows/``, API-format twins in ``workflows/api/``) and the
+Mermaid diagrams of their graphs in the README, from the graph descriptions below.
+
+    python workflows/build_workflows.py            # rewrite the files
+    python workflows/build_workflows.py --check    # exit 1 if any file is out of date (the tests run this)
+
+Widget values are laid out the way ComfyUI's frontend stores them (see tests/sb_testkit/workflow_check.py).
+Every value not set here is the node's default, so the files follow the nodes' schemas.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # the schema helpers live in the test kit
+
+from sb_testkit import workflow_check  # noqa: E402
+
+OBJECT_INFO = os.path.join(ROOT, "..", "shared", "comfyui", "object_info.json")
+
+SD2_INPAINT = "512-inpainting-ema.safetensors"
+CONTROLNET = "photo-background-generation"
+SALIENT_CKPT = "ckpt_base.pth"
+SAM_CKPT = "sam_vit_b_01ec64.pth"
+EXAMPLE_IMAGE = "salient_background_example.png"
+PROMPT = "a perfume bottle on a marble table in a sunlit spa, soft shadows, professional product photo"
+NEGATIVE = "lowres, blurry, deformed, watermark, text"
+
+NODE_WIDTH, COLUMN, ROW = 320, 380, 40
+
+
+class Graph:
+    """A small builder for ComfyUI graphs: nodes with widget values, links by output/input name."""
+
+    def __init__(self, schemas: dict, title: str):
+        self.schemas = schemas
+        self.title = title
+        self.nodes: list[dict] = []
+        self.links: list[list] = []
+        self.notes: list[dict] = []
+
+    def add(self, node_type: str, column: float, row: float, title: str | None = None, **widgets) -> dict:
+        schema = self.schemas[node_type]
+        specs = {name: spec for name, spec, _ in workflow_check._input_specs(schema)}
+        values = []
+        for name, role in workflow_check.widget_layout(schema):
+            spec = specs[name]
+            if role == "value":
+                if name in widgets:
+                    value = widgets.pop(name)
+                elif "default" in workflow_check._options(spec):
+                    value = workflow_check._options(spec)["default"]
+                else:
+                    value = spec[0][0] if isinstance(spec[0], list) and spec[0] else ""
+                values.append(value)
+            elif role == "control":
+                values.append("fixed")
+            else:
+                values.append("image")
+        if widgets:
+            raise KeyError(f"{node_type} has no widgets {sorted(widgets)}")
+        inputs = [
+            {"name": name, "type": workflow_check._kind(spec), "link": None}
+            for name, spec, _ in workflow_check._input_specs(schema) if not workflow_check.is_widget(spec)
+        ]
+        outputs = [
+            {"name": name, "type": kind if not isinstance(kind, list) else "COMBO", "links": []}
+            for name, kind in zip(schema.get("output_name") or schema["output"], schema["output"])
+        ]
+        node = {
+            "id": len(self.nodes) + len(self.notes) + 1, "type": node_type,
+            "pos": [round(column * COLUMN), round(row * ROW)], "size": [NODE_WIDTH, 60 + 26 * (len(values) + len(inputs))],
+            "flags": {}, "order": len(self.nodes), "mode": 0, "inputs": inputs, "outputs": outputs,
+            "properties": {"Node name for S&R": node_type}, "widgets_values": values,
+        }
+        if title:
+            node["title"] = title
+        self.nodes.append(node)
+        return node
+
+    def connect(self, source: dict, output: str | int, target: dict, input_name: str) -> None:
+        schema = self.schemas[source["type"]]
+        names = list(schema.get("output_name") or schema["output"])
+        slot = output if isinstance(output, int) else names.index(output)
+        target_slot = next(i for i, socket in enumerate(target["inputs"]) if socket["name"] == input_name)
+        link_id = len(self.links) + 1
+        kind = source["outputs"][slot]["type"]
+        self.links.append([link_id, source["id"], slot, target["id"], target_slot, kind])
+        source["outputs"][slot]["links"].append(link_id)
+        target["inputs"][target_slot]["link"] = link_id
+
+    def note(self, column: float, row: float, text: str, width: int = 420, height: int = 160) -> None:
+        self.notes.append({
+            "id": len(self.nodes) + len(self.notes) + 1, "type": "Note", "pos": [round(column * COLUMN), round(row * ROW)],
+            "size": [width, height], "flags": {}, "order": 1000 + len(self.notes), "mode": 0, "inputs": [], "outputs": [],
+            "properties": {}, "widgets_values": [text], "color": "#432", "bgcolor": "#653",
+        })
+
+    def ui(self) -> dict:
+        for node in self.nodes:  # unconnected outputs are stored as null, as the frontend does
+            for output in node["outputs"]:
+                output["links"] = output["links"] or None
+        nodes = self.nodes + self.notes
+        return {
+            "last_node_id": max(n["id"] for n in nodes), "last_link_id": len(self.links), "nodes": nodes,
+            "links": self.links, "groups": [], "config": {},
+            "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}, "salient_background": {"title": self.title}}, "version": 0.4,
+        }
+
+
+# ---------------------------------------------------------------------------------------------- the graphs
+MODEL_NOTE = (
+    "Models (see the README's Models table; `python -m salient_background download` fetches them):\n"
+    f"- {SD2_INPAINT} -> models/checkpoints (SD2 inpainting, CreativeML Open RAIL++-M)\n"
+    f"- {CONTROLNET}/ (the ControlNet folder from yahoo-inc/photo-background-generation) -> models/controlnet (Apache-2.0)\n"
+    f"- {SALIENT_CKPT} -> models/salient (InSPyReNet via transparent-background, MIT)\n"
+    f"- {SAM_CKPT} -> models/sams (Meta SAM ViT-B, Apache-2.0)"
+)
+
+
+def _sd2_background(g: Graph, image, object_mask, row0: float, strength: float = 1.0, seed: int = 42, title: str = ""):
+    """Checkpoint + prompts + salient ControlNet conditioning + sampler + decode. Returns (decoded, loaders)."""
+    ckpt = g.add("CheckpointLoaderSimple", 2, row0, ckpt_name=SD2_INPAINT)
+    controlnet = g.add("SalientBG_ControlNetLoader", 2, row0 + 4, controlnet=CONTROLNET)
+    positive = g.add("CLIPTextEncode", 3, row0, title="Prompt (the new background)", text=PROMPT)
+    negative = g.add("CLIPTextEncode", 3, row0 + 6, title="Negative prompt", text=NEGATIVE)
+    g.connect(ckpt, "CLIP", positive, "clip")
+    g.connect(ckpt, "CLIP", negative, "clip")
+    cond = g.add("SalientBG_ControlNetConditioning", 4, row0, title=title or None, strength=strength)
+    for source, output, name in ((positive, 0, "positive"), (negative, 0, "negative"), (controlnet, 0, "control_net"),
+                                 (ckpt, "VAE", "vae"), (image, "image", "image"), (object_mask, "object_mask", "object_mask")):
+        g.connect(source, output, cond, name)
+    sampler = g.add("KSampler", 5, row0, seed=seed, steps=20, cfg=7.5, sampler_name="uni_pc", scheduler="normal")
+    g.connect(ckpt, "MODEL", sampler, "model")
+    g.connect(cond, "positive", sampler, "positive")
+    g.connect(cond, "negative", sampler, "negative")
+    g.connect(cond, "latent", sampler, "latent_image")
+    decode = g.add("VAEDecode", 6, row0)
+    g.connect(sampler, 0, decode, "samples")
+    g.connect(ckpt, "VAE", decode, "vae")
+    return decode, ckpt, cond
+
+
+def paper_workflow(schemas) -> Graph:
+    g = Graph(schemas, "Background generation as in the paper")
+    g.note(0, -5, "Background generation as in the paper (arXiv 2404.10157): salient mask (soft) -> 512 letterbox -> "
+                  "SD2 inpainting + salient ControlNet (strength 1.0) -> UniPC, 20 steps, CFG 7.5 -> restore to the "
+                  "photo's size -> object expansion score.\nSet: the photo in Load Image, the prompt.\n" + MODEL_NOTE,
+           width=760, height=200)
+    photo = g.add("LoadImage", 0, 0, image=EXAMPLE_IMAGE)
+    salient_model = g.add("SalientBG_LoadSalientModel", 0, 9, checkpoint=SALIENT_CKPT)
+    salient = g.add("SalientBG_SalientMask", 1, 0)
+    g.connect(salient_model, 0, salient, "salient_model")
+    g.connect(photo, "IMAGE", salient, "image")
+    frame = g.add("SalientBG_FrameForSD2", 1, 8)
+    g.connect(photo, "IMAGE", frame, "image")
+    g.connect(salient, "object_mask", frame, "object_mask")
+    decoded, _, _ = _sd2_background(g, frame, frame, 0)
+    restore = g.add("SalientBG_RestoreFrame", 7, 0)
+    g.connect(decoded, 0, restore, "image")
+    g.connect(frame, "frame", restore, "frame")
+    g.connect(photo, "IMAGE", restore, "original_image")
+    save = g.add("SaveImage", 8, 0, filename_prefix="salient_background/paper")
+    g.connect(restore, "image", save, "images")
+    sam = g.add("SalientBG_SAMLoader", 6, 8, sam_name=SAM_CKPT)
+    score = g.add("SalientBG_ObjectExpansionScore", 7, 8)
+    g.connect(sam, 0, score, "sam")
+    g.connect(frame, "object_mask", score, "object_mask")
+    g.connect(decoded, 0, score, "generated_image")
+    overlay = g.add("PreviewImage", 8, 8, title="Expansion overlay (green kept, red expansion, blue lost)")
+    g.connect(score, "overlay", overlay, "images")
+    return g
+
+
+def comparison_workflow(schemas) -> Graph:
+    g = Graph(schemas, "SI2 vs SI2 + salient ControlNet")
+    g.note(0, -5, "SI2 vs SI2 + ControlNet: the same photo, prompt and seed through SD2 inpainting alone (ControlNet "
+                  "strength 0 = the paper's SI2 baseline) and with the salient ControlNet (strength 1). Compare the "
+                  "expansion scores and overlays side by side; the paper reports 3.6x less expansion with the "
+                  "ControlNet on average.\n" + MODEL_NOTE, width=760, height=200)
+    photo = g.add("LoadImage", 0, 0, image=EXAMPLE_IMAGE)
+    salient_model = g.add("SalientBG_LoadSalientModel", 0, 9, checkpoint=SALIENT_CKPT)
+    salient = g.add("SalientBG_SalientMask", 1, 0)
+    g.connect(salient_model, 0, salient, "salient_model")
+    g.connect(photo, "IMAGE", salient, "image")
+    frame = g.add("SalientBG_FrameForSD2", 1, 8)
+    g.connect(photo, "IMAGE", frame, "image")
+    g.connect(salient, "object_mask", frame, "object_mask")
+    sam = g.add("SalientBG_SAMLoader", 6, 22, sam_name=SAM_CKPT)
+    for index, (strength, row, label) in enumerate(((1.0, 0, "SI2 + ControlNet"), (0.0, 12, "SI2 baseline (strength 0)"))):
+        decoded, _, _ = _sd2_background(g, frame, frame, row, strength=strength, seed=42, title=label)
+        save = g.add("SaveImage", 8, row, filename_prefix=f"salient_background/compare_{'controlnet' if strength else 'si2'}")
+        g.connect(decoded, 0, save, "images")
+        score = g.add("SalientBG_ObjectExpansionScore", 7, row + 6, title=f"Expansion: {label}")
+        g.connect(sam, 0, score, "sam")
+        g.connect(frame, "object_mask", score, "object_mask")
+        g.connect(decoded, 0, score, "generated_image")
+        overlay = g.add("PreviewImage", 8, row + 6, title=f"Overlay: {label}")
+        g.connect(score, "overlay", overlay, "images")
+    return g
+
+
+def product_workflow(schemas) -> Graph:
+    g = Graph(schemas, "Product shots: SAM-refined mask, crop around the object, 4 seeds, paste-back")
+    g.note(0, -5, "Product shots: the salient mask refined with SAM, framed by cropping around the object with a "
+                  "margin, 4 seeds at once (Repeat Latent Batch), the original object pasted back with a feathered "
+                  "seam, and restored into the photo.\nSet: the photo, the prompt, the number of seeds.\n" + MODEL_NOTE,
+           width=760, height=200)
+    photo = g.add("LoadImage", 0, 0, image=EXAMPLE_IMAGE)
+    salient_model = g.add("SalientBG_LoadSalientModel", 0, 9, checkpoint=SALIENT_CKPT)
+    salient = g.add("SalientBG_SalientMask", 1, 0, mask_type="binary")
+    g.connect(salient_model, 0, salient, "salient_model")
+    g.connect(photo, "IMAGE", salient, "image")
+    sam = g.add("SalientBG_SAMLoader", 0, 14, sam_name=SAM_CKPT)
+    refine = g.add("SalientBG_SAMRefineMask", 1, 8)
+    g.connect(sam, 0, refine, "sam")
+    g.connect(photo, "IMAGE", refine, "image")
+    g.connect(salient, "object_mask", refine, "object_mask")
+    frame = g.add("SalientBG_FrameForSD2", 1, 18, mode="crop around object")
+    g.connect(photo, "IMAGE", frame, "image")
+    g.connect(refine, "object_mask", frame, "object_mask")
+    ckpt = g.add("CheckpointLoaderSimple", 2, 0, ckpt_name=SD2_INPAINT)
+    controlnet = g.add("SalientBG_ControlNetLoader", 2, 4, controlnet=CONTROLNET)
+    positive = g.add("CLIPTextEncode", 3, 0, title="Prompt (the new background)", text=PROMPT)
+    negative = g.add("CLIPTextEncode", 3, 6, title="Negative prompt", text=NEGATIVE)
+    g.connect(ckpt, "CLIP", positive, "clip")
+    g.connect(ckpt, "CLIP", negative, "clip")
+    cond = g.add("SalientBG_ControlNetConditioning", 4, 0)
+    for source, output, name in ((positive, 0, "positive"), (negative, 0, "negative"), (controlnet, 0, "control_net"),
+                                 (ckpt, "VAE", "vae"), (frame, "image", "image"), (frame, "object_mask", "object_mask")):
+        g.connect(source, output, cond, name)
+    repeat = g.add("RepeatLatentBatch", 4, 10, title="Seeds per object", amount=4)
+    g.connect(cond, "latent", repeat, "samples")
+    sampler = g.add("KSampler", 5, 0, seed=7, steps=20, cfg=7.5, sampler_name="uni_pc", scheduler="normal")
+    g.connect(ckpt, "MODEL", sampler, "model")
+    g.connect(cond, "positive", sampler, "positive")
+    g.connect(cond, "negative", sampler, "negative")
+    g.connect(repeat, 0, sampler, "latent_image")
+    decode = g.add("VAEDecode", 6, 0)
+    g.connect(sampler, 0, decode, "samples")
+    g.connect(ckpt, "VAE", decode, "vae")
+    paste = g.add("SalientBG_PasteObjectBack", 7, 0)
+    g.connect(decode, 0, paste, "image")
+    g.connect(frame, "image", paste, "original_image")
+    g.connect(frame, "object_mask", paste, "object_mask")
+    restore = g.add("SalientBG_RestoreFrame", 8, 0)
+    g.connect(paste, 0, restore, "image")
+    g.connect(frame, "frame", restore, "frame")
+    g.connect(photo, "IMAGE", restore, "original_image")
+    save = g.add("SaveImage", 9, 0, filename_prefix="salient_background/product")
+    g.connect(restore, "image", save, "images")
+    return g
+
+
+def cutout_workflow(schemas) -> Graph:
+    g = Graph(schemas, "Cut-out: salient mask + refinement -> RGBA")
+    g.note(0, -5, "Cut-out: the salient object of every image in the batch, refined (holes filled, largest part, "
+                  "1 px feather), saved as RGBA PNG together with its mask. For a folder of images use a batch "
+                  "loader or the command line: python -m salient_background mask <folder> --checkpoint ckpt_base.pth\n"
+                  f"Models: {SALIENT_CKPT} -> models/salient (InSPyReNet via transparent-background, MIT)",
+           width=760, height=160)
+    photo = g.add("LoadImage", 0, 0, image=EXAMPLE_IMAGE)
+    salient_model = g.add("SalientBG_LoadSalientModel", 0, 9, checkpoint=SALIENT_CKPT)
+    salient = g.add("SalientBG_SalientMask", 1, 0)
+    g.connect(salient_model, 0, salient, "salient_model")
+    g.connect(photo, "IMAGE", salient, "image")
+    refine = g.add("SalientBG_MaskRefine", 2, 0, fill_holes=True, keep_largest=1, feather=1)
+    g.connect(salient, "object_mask", refine, "mask")
+    invert = g.add("InvertMask", 2, 8, title="1 = background (Join Image with Alpha uses 1 - mask)")
+    g.connect(refine, 0, invert, "mask")
+    join = g.add("JoinImageWithAlpha", 3, 0)
+    g.connect(photo, "IMAGE", join, "image")
+    g.connect(invert, 0, join, "alpha")
+    save = g.add("SaveImage", 4, 0, filename_prefix="salient_background/cutout")
+    g.connect(join, 0, save, "images")
+    mask_image = g.add("MaskToImage", 3, 8)
+    g.connect(refine, 0, mask_image, "mask")
+    save_mask = g.add("SaveImage", 4, 8, filename_prefix="salient_background/cutout_mask")
+    g.connect(mask_image, 0, save_mask, "images")
+    return g
+
+
+WORKFLOWS = {
+    "background_generation_paper": paper_workflow,
+    "compare_si2_vs_controlnet": comparison_workflow,
+    "product_shots_sam_crop_pasteback": product_workflow,
+    "cutout_rgba_batch": cutout_workflow,
+}
+
+
+# ---------------------------------------------------------------------------------------------- diagrams
+def mermaid(ui: dict, schemas: dict) -> str:
+    """A Mermaid flowchart of a UI-format workflow (GitHub renders it in the README)."""
+    lines = ["```mermaid", "flowchart LR"]
+    for node in ui["nodes"]:
+        if node["type"] in workflow_check.FRONTEND_ONLY:
+            continue
+        label = node.get("title") or schemas[node["type"]].get("display_name") or node["type"]
+        lines.append(f'    n{node["id"]}["{label.replace(chr(34), chr(39))}"]')
+    for link in ui["links"]:
+        lines.append(f"    n{link[1]} -- {link[5]} --> n{link[3]}")
+    lines.append("```")
+    return "\n".join(lines)
+
+
+def render(schemas: dict) -> dict[str, str]:
+    """{relative path: content} of every generated file (and the README's diagram block)."""
+    files, diagrams = {}, []
+    for name, build in WORKFLOWS.items():
+        graph = build(schemas)
+        ui = graph.ui()
+        files[f"workflows/{name}.json"] = json.dumps(ui, indent=1) + "\n"
+        api = workflow_check.ui_to_api(ui, schemas)
+        files[f"workflows/api/{name}.json"] = json.dumps(api, indent=1) + "\n"
+        diagrams.append(f"#### `workflows/{name}.json` — {graph.title}\n\n{mermaid(ui, schemas)}\n")
+    files["README.md#workflow-diagrams"] = "\n".join(diagrams)
+    return files
+
+
+README_START, README_END = "<!-- workflow-diagrams:start -->", "<!-- workflow-diagrams:end -->"
+
+
+def apply(files: dict[str, str], check: bool) -> list[str]:
+    stale = []
+    for rel, content in files.items():
+        if rel == "README.md#workflow-diagrams":
+            path = os.path.join(ROOT, "README.md")
+            text = open(path).read()
+            if README_START not in text:
+                stale.append("README.md (no diagram markers)")
+                continue
+            head, rest = text.split(README_START, 1)
+            _, tail = rest.split(README_END, 1)
+            new = f"{head}{README_START}\n{content}{README_END}{tail}"
+            if new != text:
+                stale.append("README.md")
+                if not check:
+                    open(path, "w").write(new)
+            continue
+        path = os.path.join(ROOT, rel)
+        old = open(path).read() if os.path.exists(path) else None
+        if old != content:
+            stale.append(rel)
+            if not check:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                open(path, "w").write(content)
+    return stale
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="report out-of-date files instead of writing them")
+    parser.add_argument("--object-info", default=OBJECT_INFO)
+    args = parser.parse_args(argv)
+    schemas = workflow_check.load_schemas(args.object_info)
+    stale = apply(render(schemas), args.check)
+    for rel in stale:
+        print(("out of date: " if args.check else "wrote ") + rel)
+    return 1 if (args.check and stale) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
