@@ -44,9 +44,17 @@ def register_model_folder(name: str, default_subdir: str, extensions: Iterable[s
         folder_paths.folder_names_and_paths[name] = ([default_path], exts)
         return
     paths, old_exts = entry
+    new_exts = set(old_exts) | exts
+    if default_path in paths and new_exts == set(old_exts):
+        return  # already registered: leave the entry (and ComfyUI's cached file list) alone
     if default_path not in paths:
         paths = list(paths) + [default_path]
-    folder_paths.folder_names_and_paths[name] = (paths, set(old_exts) | exts)
+    folder_paths.folder_names_and_paths[name] = (paths, new_exts)
+    # ComfyUI caches file lists per folder and revalidates them only by folder mtimes, not by extensions:
+    # a list made before this call (under the YAML entry's "every file" set) would keep showing .txt etc.
+    cache = getattr(folder_paths, "filename_list_cache", None)
+    if isinstance(cache, dict):
+        cache.pop(name, None)
 
 
 def list_model_files(folder: str) -> list[str]:
@@ -65,26 +73,78 @@ def model_folder_paths(folder: str) -> list[str]:
     return list(folder_paths.get_folder_paths(folder))
 
 
-def resolve_model_file(folder: str, name: str, *, where_to_get: str) -> str:
-    """Full path of ``name`` in the model folder ``folder`` (or ``name`` itself if it is an existing path).
-
-    A missing file raises a :class:`CheckpointError` naming every folder searched and where to get it.
-    """
-    if os.path.isfile(name):
-        return name
+def _find_in_folder(folder: str, name: str) -> str | None:
     try:
         import folder_paths
 
         path = folder_paths.get_full_path(folder, name)
     except ImportError:
         path = None
-    if path and os.path.isfile(path):
+    return path if path and os.path.isfile(path) else None
+
+
+def resolve_model_file(folder: str, name: str, *, where_to_get: str, registry_key: str | None = None) -> str:
+    """Full path of ``name`` in the model folder ``folder`` (or ``name`` itself if it is an existing path).
+
+    A missing file raises a :class:`CheckpointError` naming the file, every folder searched, the exact
+    ``python -m salient_background download ...`` command when the file is one of the pack's published files
+    (``registry_key``, or ``name`` itself, looked up in ``models/model_registry.py``) and ``where_to_get``.
+
+    Opt-in: with the environment variable ``SALIENT_BG_AUTO_DOWNLOAD=1`` a missing published file is downloaded
+    into the folder's first path (through ``models/downloader.py``, verified) and its path returned. Without it
+    nothing touches the network.
+    """
+    # the model folder first: a bare name from a node's file list must not pick up a same-named file that
+    # happens to sit in ComfyUI's working directory
+    path = _find_in_folder(folder, name)
+    if path:
         return path
-    searched = model_folder_paths(folder) or ["(no ComfyUI model folders: pass a file path)"]
-    raise CheckpointError(
-        f"model file {name!r} not found in the '{folder}' model folder. Searched: {', '.join(searched)}. "
-        f"{where_to_get}"
-    )
+    if os.path.isfile(name):
+        return name
+    from ..models import downloader
+    from ..models.model_registry import lookup
+
+    folders = model_folder_paths(folder)
+    ours = lookup(name)  # only a file of ours can be fetched under the requested name
+    if ours and folders and downloader.auto_download_enabled():
+        log.warning("%s=1: downloading %s into %s", downloader.AUTO_DOWNLOAD_ENV,
+                    ", ".join(m.filename for m in ours), folders[0])
+        for entry in ours:
+            downloader.ensure([entry], _locations_for(entry.folder, folders))
+        path = _find_in_folder(folder, name)
+        if path:
+            return path
+        for base in folders:  # a diffusers folder (the ControlNet's config + weights) asked for by its name
+            candidate = os.path.join(base, *name.split("/"))
+            if os.path.isdir(candidate):
+                return candidate
+    searched = folders or ["(no ComfyUI model folders: pass a file path)"]
+    message = downloader.missing_model_message(name if ours or not registry_key else registry_key, searched,
+                                               command_args=_models_dir_args())
+    if not ours and registry_key and lookup(registry_key):
+        message = f"model file {name!r} not found in the '{folder}' model folder. " + message
+    raise CheckpointError(f"{message} {where_to_get}".strip())
+
+
+def _models_dir_args() -> str:
+    """``--models-dir <ComfyUI's models folder>`` so the suggested command targets this very ComfyUI."""
+    try:
+        import folder_paths
+
+        models_dir = getattr(folder_paths, "models_dir", None)
+    except ImportError:
+        return ""
+    if not models_dir:
+        return ""
+    import shlex
+
+    return f"--models-dir {shlex.quote(models_dir)}"
+
+
+def _locations_for(folder: str, paths: list[str]):
+    from ..models.model_paths import ModelLocations
+
+    return ModelLocations(folders={folder: list(paths)}, origin=["ComfyUI folder_paths"])
 
 
 # ---------------------------------------------------------------------------------------------- devices
@@ -126,13 +186,24 @@ def wrap_for_offload(model: torch.nn.Module):
     return comfy.model_patcher.ModelPatcher(model, load_device=torch_device(), offload_device=offload_device())
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
 def load_on_device(wrapped) -> torch.nn.Module:
     """Ask ComfyUI to put the wrapped model on its compute device (offloading others if needed)."""
     if hasattr(wrapped, "model") and _comfy_available():
         import comfy.model_management as mm
 
-        mm.load_models_gpu([wrapped])
-        return wrapped.model
+        # Our helper networks are plain nn.Modules (no comfy.ops layers): ComfyUI's partial "lowvram" load
+        # would leave the layers past its budget on the offload device (a device-mismatch error in forward).
+        # Ask for the whole model; --novram still requests a partial load, so finish the move ourselves.
+        mm.load_models_gpu([wrapped], force_full_load=True)
+        module = wrapped.model
+        target = torch.device(wrapped.load_device)
+        if any(not _same_device(p.device, target) for p in module.parameters()):
+            module.to(target)
+        return module
     module = wrapped
     module.to(torch_device())
     return module
@@ -169,3 +240,79 @@ class Progress:
         if self._bar is not None:
             self._bar.update(n)
         self.check_interrupt()
+
+
+# ---------------------------------------------------------------------------------------------- model sub-folders
+def list_model_dirs(folder: str, is_model_dir, max_depth: int = 3) -> list[str]:
+    """Relative names ('/'-separated) of sub-folders of the model folder ``folder`` for which
+    ``is_model_dir(path)`` is true (e.g. diffusers folders holding a config.json), up to ``max_depth`` deep."""
+    names = set()
+    for base in model_folder_paths(folder):
+        if not os.path.isdir(base):
+            continue
+        for root, dirs, _files in os.walk(base, followlinks=True):
+            rel = os.path.relpath(root, base)
+            depth = 0 if rel == "." else rel.count(os.sep) + 1
+            if depth >= max_depth:
+                dirs[:] = []
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            if depth and is_model_dir(root):
+                names.add(rel.replace(os.sep, "/"))
+                dirs[:] = []  # a model folder's own sub-folders are its parts
+    return sorted(names)
+
+
+def resolve_model_dir(folder: str, name: str) -> str | None:
+    """Full path of the sub-folder ``name`` of the model folder ``folder`` (or ``name`` itself if it is an
+    existing directory); None when there is none."""
+    if os.path.isdir(name):
+        return name
+    for base in model_folder_paths(folder):
+        path = os.path.join(base, *name.split("/"))
+        if os.path.isdir(path):
+            return path
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- ControlNets, conditioning
+def comfy_load_controlnet_state_dict(state_dict: dict):
+    """``comfy.controlnet.load_controlnet_state_dict`` (ComfyUI's own loading and model detection)."""
+    import comfy.controlnet
+
+    return comfy.controlnet.load_controlnet_state_dict(state_dict)
+
+
+def comfy_controlnet(control_model, like, extra_conds: list[str]):
+    """A stock ``comfy.controlnet.ControlNet`` around ``control_model``, with the devices/dtypes of ``like`` (a
+    ControlNet ComfyUI loaded) and the cond entries ``extra_conds`` passed to the control model as keywords."""
+    import comfy.controlnet
+
+    return comfy.controlnet.ControlNet(
+        control_model,
+        global_average_pooling=getattr(like, "global_average_pooling", False),
+        load_device=like.load_device,
+        manual_cast_dtype=like.manual_cast_dtype,
+        extra_conds=list(extra_conds),
+    )
+
+
+def cldm_controlnet_class():
+    import comfy.cldm.cldm
+
+    return comfy.cldm.cldm.ControlNet
+
+
+def apply_controlnet_advanced(positive, negative, control_net, hint_image, strength, start_percent, end_percent, vae=None):
+    """What the stock *Apply ControlNet (Advanced)* node does (its own code, called, not copied)."""
+    import nodes as comfy_nodes
+
+    return comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(
+        positive, negative, control_net, hint_image, strength, start_percent, end_percent, vae=vae
+    )
+
+
+def conditioning_set_values(conditioning, values: dict):
+    """``node_helpers.conditioning_set_values``: a copy of ``conditioning`` with ``values`` set on every entry."""
+    import node_helpers
+
+    return node_helpers.conditioning_set_values(conditioning, values)

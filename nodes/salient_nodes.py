@@ -34,7 +34,7 @@ class SalientModel:
         self.wrapped = wrapped  # ModelPatcher inside ComfyUI, the bare network outside
         self.source = source
 
-    def predict(self, images: torch.Tensor, resize: str, batch_size: int, progress=None):
+    def predict(self, images: torch.Tensor, resize: str = "auto", batch_size: int | None = None, progress=None):
         comfy_glue.load_on_device(self.wrapped)
         return self.segmenter.predict(images, resize=resize, batch_size=batch_size, progress=progress)
 

@@ -26,7 +26,7 @@ SD2_INPAINT = "512-inpainting-ema.safetensors"
 CONTROLNET = "photo-background-generation"
 SALIENT_CKPT = "ckpt_base.pth"
 SAM_CKPT = "sam_vit_b_01ec64.pth"
-EXAMPLE_IMAGE = "salient_background_example.png"
+EXAMPLE_IMAGE = "example_product.png"
 PROMPT = "a perfume bottle on a marble table in a sunlit spa, soft shadows, professional product photo"
 NEGATIVE = "lowres, blurry, deformed, watermark, text"
 

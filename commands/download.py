@@ -1,0 +1,94 @@
+"""``python -m salient_background download``: fetch the published model files into ComfyUI's model folders.
+
+Nothing else in the pack touches the network; this command does, only when run.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(subparsers) -> None:
+    from ..models.model_registry import selection_names
+
+    parser = subparsers.add_parser(
+        "download",
+        help="fetch the model files (SD2 inpainting, the salient ControlNet, InSPyReNet, SAM) into ComfyUI's folders",
+        description=(
+            "Download the pack's published model files into ComfyUI's model folders, verified against the sizes and "
+            "checksums in models/model_registry.py. Without names: everything except SAM ViT-L/H. Files already "
+            "present and valid are skipped; an interrupted download resumes."
+        ),
+    )
+    parser.add_argument(
+        "what", nargs="*", metavar="what",
+        help="what to fetch (default: 'default'): " + ", ".join(n.replace("_", "-") for n in selection_names()),
+    )
+    parser.add_argument("--models-dir", help="ComfyUI's models folder (or any folder; files go to DIR/<folder>/)")
+    parser.add_argument("--comfyui", help="a ComfyUI folder (default: the one around the pack, else $COMFYUI_PATH)")
+    parser.add_argument("--extra-model-paths", action="append", default=[], metavar="YAML",
+                        help="an extra_model_paths.yaml to honour (ComfyUI's own one is read automatically)")
+    parser.add_argument("--dry-run", action="store_true", help="list what would be fetched, where, sizes; no network")
+    parser.add_argument("--list", action="store_true", help="print the model table and exit")
+    parser.add_argument("--markdown", action="store_true", help="print the README's models table and exit")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def _check_text(m) -> str:
+    parts = [name for name in ("sha256", "md5") if getattr(m, name)]
+    if m.size is not None:
+        parts.append("size")
+    if m.verified:
+        return "verified (" + "+".join(parts) + ")"
+    return "UNVERIFIED (" + ("size only" if parts else "no published size or checksum") + ")"
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..models import downloader
+    from ..models.model_paths import discover
+    from ..models.model_registry import MODEL_FILES, render_markdown_table, select
+
+    if args.markdown:
+        print(render_markdown_table())
+        return 0
+    if args.list:
+        for m in MODEL_FILES:
+            print(f"{m.key:20} {m.folder + '/' + m.filename:62} {m.display_size():>10}  {m.licence:26} "
+                  f"{_check_text(m)}\n{'':20} {m.urls[0]}")
+        return 0
+
+    entries = select(args.what)
+    locations = discover(args.models_dir, comfyui_root=args.comfyui, extra_configs=args.extra_model_paths)
+    print("model folders: " + "; ".join(locations.origin))
+    if args.dry_run:
+        total, approx = 0, False
+        outcomes = downloader.plan(entries, locations)
+        for o in outcomes:
+            m = o.entry
+            if o.status == "planned":
+                total += m.expected_bytes() or 0
+                approx = approx or m.size is None
+                print(f"would fetch  {m.filename:48} {m.display_size():>10}  -> {o.path}  [{_check_text(m)}]")
+                print(f"             from {m.urls[0]}")
+            elif o.status == "present":
+                print(f"present      {m.filename:48} {'':>10}  at {o.path}  [{_check_text(m)}: matches]")
+            else:
+                print(f"CORRUPT      {m.filename:48} {'':>10}  at {o.path}  ({o.note}; delete it and run again)")
+        print(f"total to fetch: {'about ' if approx else ''}{total / 1e9:.2f} GB")
+        return 0
+
+    errors = []
+    for entry in entries:
+        try:
+            (outcome,) = downloader.ensure([entry], locations, progress=not args.quiet)
+        except downloader.DownloadError as exc:
+            errors.append(str(exc))
+            print(f"FAILED: {exc}", file=sys.stderr)
+            continue
+        word = "already present" if outcome.status == "present" else "downloaded"
+        note = "verified" if outcome.verified else "UNVERIFIED: no published checksum"
+        print(f"{word:16} {outcome.path}  ({note})")
+    if errors:
+        raise downloader.DownloadError(f"{len(errors)} of {len(entries)} file(s) could not be fetched (see above).")
+    return 0

@@ -1,0 +1,387 @@
+"""``python -m salient_background evaluate``: the object-expansion score over a folder or manifest of generations.
+
+Inputs (one of):
+
+* ``--masks DIR --generated DIR`` (``--originals DIR`` optional): every generated image is paired with the mask
+  whose name it starts with: ``cat.png`` or ``cat_mask.png`` (what the ``mask`` command writes) in the masks
+  folder goes with ``cat.png``, ``cat_0.png``, ``cat_seed42.png``, ``cat-3.jpg`` in the generated folder (the
+  longest matching mask name wins, so ``cat_black.png`` goes with ``cat_black`` if that mask exists).
+* ``--manifest FILE.csv`` with a header holding ``mask`` and ``generated`` (several generated files separated by
+  ``;``) and optionally ``original`` and ``id``; relative paths are relative to the manifest's folder.
+
+Outputs in ``--output DIR``: ``expansion.csv`` (one row per generated image), ``summary.json`` (mean, median,
+percentiles and the share of images above ``--threshold`` of every score) and ``settings.json``. Re-running the
+same command resumes: images already in the CSV are skipped (the settings must match, or use ``--overwrite``).
+``--compare RUN_A RUN_B`` prints the ratio of mean expansion of two finished runs (A / B).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+from ..models.errors import InputError, UserFacingError
+
+log = logging.getLogger("salient_background")
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+CSV_NAME, SUMMARY_NAME, SETTINGS_NAME = "expansion.csv", "summary.json", "settings.json"
+SCORE_FIELDS = ["width", "height", "object_px", "sam_px", "expansion_px", "expansion_image_fraction",
+                "expansion_relative", "lost_px", "iou", "sam_score"]
+SUMMARISED = ["expansion_relative", "expansion_image_fraction", "expansion_px", "iou", "salient_signed"]
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="object-expansion score (SAM) of generated images against object masks; compare two runs",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = parser.add_argument_group("inputs")
+    src.add_argument("--masks", help="folder of object masks (white = object; an RGBA cut-out uses its alpha)")
+    src.add_argument("--generated", help="folder of generated images")
+    src.add_argument("--originals", help="folder of original photos (optional, recorded in the CSV)")
+    src.add_argument("--manifest", help="CSV with columns mask, generated[, original, id] instead of folders")
+    parser.add_argument("--sam", help="SAM checkpoint (sam_vit_b_01ec64.pth, sam_vit_l_0b3195.pth, sam_vit_h_4b8939.pth)")
+    parser.add_argument("--output", help="folder for expansion.csv, summary.json, settings.json")
+    parser.add_argument("--points", type=int, default=8, help="positive points per mask (default 8)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the point sampling (default 0)")
+    parser.add_argument("--mask-choice", choices=["auto", "best_score", "largest", "single"], default="auto",
+                        help="which SAM output to keep (default auto; see README)")
+    parser.add_argument("--threshold", type=float, default=0.05,
+                        help="summary reports the share of images with expansion_relative above this (default 0.05)")
+    parser.add_argument("--salient-checkpoint", help="also compute the reference notebook's signed salient area "
+                        "change with this InSPyReNet checkpoint (the masks must be salient masks of the originals)")
+    parser.add_argument("--salient-mode", choices=["base", "fast"], default="base")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument("--overwrite", action="store_true", help="start the output folder afresh instead of resuming")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
+                        help="print the ratio of mean expansion of two finished runs (output folders or their "
+                             "summary.json); alone, or after an evaluation")
+    parser.set_defaults(func=run)
+
+
+# ---------------------------------------------------------------------------------------------- pairing
+def _list_images(folder: str) -> list[str]:
+    if not os.path.isdir(folder):
+        raise InputError(f"not a folder: {folder!r}")
+    found = []
+    for root, _, files in sorted(os.walk(folder)):
+        found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_SUFFIXES)]
+    return found
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def _mask_key(path: str) -> str:
+    stem = _stem(path)
+    return stem[: -len("_mask")] if stem.endswith("_mask") else stem
+
+
+def pair_folders(masks_dir: str, generated_dir: str, originals_dir: str | None = None) -> list[dict]:
+    """Rows {id, mask, generated, original} from the folder layout (see the module doc)."""
+    masks = {}
+    for path in _list_images(masks_dir):
+        key = _mask_key(path)
+        if key in masks:
+            raise InputError(f"two masks for {key!r}: {masks[key]} and {path}")
+        masks[key] = path
+    originals = {_stem(p): p for p in _list_images(originals_dir)} if originals_dir else {}
+    keys_by_length = sorted(masks, key=len, reverse=True)
+    rows, unmatched = [], []
+    for gen in _list_images(generated_dir):
+        stem = _stem(gen)
+        key = next((k for k in keys_by_length if stem == k or (stem.startswith(k) and stem[len(k)] in "_-.")), None)
+        if key is None:
+            unmatched.append(gen)
+            continue
+        rows.append({"id": key, "mask": masks[key], "generated": gen, "original": originals.get(key, "")})
+    if unmatched:
+        log.warning("%d generated image(s) match no mask and are skipped, e.g. %s", len(unmatched), unmatched[0])
+    if not rows:
+        raise InputError(f"no generated image in {generated_dir!r} matches a mask in {masks_dir!r} "
+                         "(a generated file must be named <mask name>.png or <mask name>_<anything>.png)")
+    return rows
+
+
+def read_manifest(path: str) -> list[dict]:
+    base = os.path.dirname(os.path.abspath(path))
+
+    def resolve(p: str) -> str:
+        p = p.strip()
+        return p if not p or os.path.isabs(p) else os.path.join(base, p)
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"mask", "generated"} - set(reader.fieldnames or [])
+        if missing:
+            raise InputError(f"manifest {path!r} lacks the column(s) {sorted(missing)}; its header is {reader.fieldnames}")
+        rows = []
+        for n, rec in enumerate(reader, 2):
+            for gen in filter(None, (g.strip() for g in (rec.get("generated") or "").split(";"))):
+                rows.append({"id": (rec.get("id") or "").strip() or _mask_key(rec["mask"]), "mask": resolve(rec["mask"]),
+                             "generated": resolve(gen), "original": resolve(rec.get("original") or "")})
+    if not rows:
+        raise InputError(f"manifest {path!r} lists no generated image")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- files
+def load_mask(path: str):
+    """Greyscale mask file -> [1,H,W] float (white = object); an image with alpha uses its alpha."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+            arr = np.asarray(img.convert("RGBA"))[..., 3]
+        elif img.mode in ("I;16", "I;16B", "I"):
+            arr = np.asarray(img).astype(np.float32)
+            arr = arr / (65535.0 if arr.max() > 255 else 255.0) * 255.0
+        else:
+            arr = np.asarray(img.convert("L"))
+    return torch.from_numpy(arr.astype(np.float32) / 255.0)[None]
+
+
+def load_image(path: str):
+    from PIL import Image
+
+    from ..models.image_ops import pil_to_image
+
+    with Image.open(path) as img:
+        img.load()
+        return pil_to_image(img)[0]
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else repr(value)
+    return str(value)
+
+
+def read_results(csv_path: str) -> list[dict]:
+    """Complete rows of a results CSV (a row cut short by an interruption is dropped)."""
+    if not os.path.isfile(csv_path):
+        return []
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        fields = reader.fieldnames or []
+        return [row for row in reader if all(row.get(f) not in (None, "") for f in fields if f != "original")]
+
+
+def summarise(rows: list[dict], threshold: float, settings: dict) -> dict:
+    from ..models.expansion import describe_distribution
+
+    summary = {"images": len(rows), "threshold_on": "expansion_relative", "settings": settings}
+    for field in SUMMARISED:
+        if rows and field in rows[0]:
+            values = [float(r[field]) for r in rows]
+            summary[field] = describe_distribution(values, threshold if field == "expansion_relative" else None)
+    return summary
+
+
+def _load_summary(run: str) -> dict:
+    path = os.path.join(run, SUMMARY_NAME) if os.path.isdir(run) else run
+    if not os.path.isfile(path):
+        raise InputError(f"no {SUMMARY_NAME} at {path!r}: run the evaluation first (it writes one into --output)")
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def compare_runs(run_a: str, run_b: str, out=None) -> dict:
+    """Print and return the ratios of mean expansion A / B (relative, image fraction, pixels)."""
+    out = out or sys.stdout
+    a, b = _load_summary(run_a), _load_summary(run_b)
+    ratios = {}
+    print(f"A = {run_a} ({a.get('images')} images), B = {run_b} ({b.get('images')} images)", file=out)
+    for field, label in (("expansion_relative", "relative to the object"), ("expansion_image_fraction", "fraction of the image"),
+                         ("expansion_px", "pixels")):
+        ma, mb = (a.get(field) or {}).get("mean"), (b.get(field) or {}).get("mean")
+        if ma is None or mb is None:
+            continue
+        ratio = ma / mb if mb else math.inf if ma else math.nan
+        ratios[field] = ratio
+        print(f"mean expansion ({label}): A {ma:.6g}, B {mb:.6g} -> A/B = {ratio:.2f}x", file=out)
+    sa, sb = a.get("settings", {}), b.get("settings", {})
+    differing = sorted(k for k in ("sam_variant", "points", "seed", "mask_choice") if sa.get(k) != sb.get(k))
+    if differing:
+        print(f"warning: the runs used different settings ({', '.join(differing)}); the ratio mixes protocols", file=out)
+    return ratios
+
+
+def resolve_sam(name: str) -> str:
+    """A path, or a file name looked up in ComfyUI's ``sams`` folders (found as the ``download`` command finds
+    them: the ComfyUI around the pack, ``COMFYUI_PATH``, its extra_model_paths.yaml)."""
+    from ..models.model_paths import discover
+    from ..models.sam import WHERE_TO_GET
+
+    if os.path.isfile(name):
+        return name
+    try:
+        folders = discover().paths("sams")
+    except UserFacingError:
+        folders = []
+    for base in folders:
+        if os.path.isfile(os.path.join(base, name)):
+            return os.path.join(base, name)
+    raise InputError(f"SAM checkpoint {name!r} not found (not a file; searched: {', '.join(folders) or 'no sams folder known'}). "
+                     f"{WHERE_TO_GET} Or: python -m salient_background download sam-vit-b")
+
+
+# ---------------------------------------------------------------------------------------------- run
+def _progress(total: int, initial: int, disable: bool):
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, unit="image", disable=disable, file=sys.stderr)
+    except ImportError:  # pragma: no cover - tqdm comes with transformers/diffusers
+        class _Plain:
+            def __init__(self):
+                self.n = initial
+
+            def update(self, k=1):
+                self.n += k
+                if not disable:
+                    print(f"{self.n}/{total} images", file=sys.stderr)
+
+            def close(self):
+                pass
+
+        return _Plain()
+
+
+def run(args: argparse.Namespace) -> int:
+    evaluating = bool(args.masks or args.generated or args.manifest)
+    if not evaluating:
+        if not args.compare:
+            raise InputError("give --masks and --generated, or --manifest (or --compare RUN_A RUN_B)")
+        compare_runs(*args.compare)
+        return 0
+    if args.manifest and (args.masks or args.generated):
+        raise InputError("give either --manifest or --masks/--generated, not both")
+    if not args.manifest and not (args.masks and args.generated):
+        raise InputError("folder mode needs both --masks and --generated")
+    if not args.sam or not args.output:
+        raise InputError("--sam (a SAM checkpoint) and --output (a folder) are required for an evaluation")
+    if args.points < 1:
+        raise InputError("--points must be at least 1")
+    evaluate(args)
+    if args.compare:
+        compare_runs(*args.compare)
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    import torch
+
+    from ..models.expansion import score_expansion, signed_salient_change
+    from ..models.precision import default_device
+    from ..models.sam import load_sam
+
+    sam_path = resolve_sam(args.sam)  # fail fast, before reading the folders
+    rows = read_manifest(args.manifest) if args.manifest else pair_folders(args.masks, args.generated, args.originals)
+    for row in rows:
+        row["generated"] = os.path.abspath(row["generated"])
+        row["mask"] = os.path.abspath(row["mask"])
+        row["original"] = os.path.abspath(row["original"]) if row.get("original") else ""
+        for key in ("mask", "generated"):
+            if not os.path.isfile(row[key]):
+                raise InputError(f"{key} file not found: {row[key]!r}")
+
+    os.makedirs(args.output, exist_ok=True)
+    csv_path = os.path.join(args.output, CSV_NAME)
+    settings_path = os.path.join(args.output, SETTINGS_NAME)
+    device = torch.device(args.device) if args.device else default_device()
+    loaded = load_sam(sam_path)
+    model = loaded.model.to(device)
+    settings = {
+        "sam_file": os.path.basename(args.sam), "sam_bytes": os.path.getsize(sam_path), "sam_variant": loaded.variant,
+        "points": args.points, "seed": args.seed, "mask_choice": args.mask_choice,
+        "negative_points": False, "box": False, "binarise": ">= 0.5",
+        "salient_checkpoint": os.path.basename(args.salient_checkpoint) if args.salient_checkpoint else None,
+        "salient_mode": args.salient_mode if args.salient_checkpoint else None,
+    }
+    if args.overwrite:
+        for name in (CSV_NAME, SUMMARY_NAME, SETTINGS_NAME):
+            if os.path.exists(os.path.join(args.output, name)):
+                os.remove(os.path.join(args.output, name))
+    done = read_results(csv_path)
+    if os.path.isfile(settings_path):
+        with open(settings_path, encoding="utf-8") as fh:
+            previous = json.load(fh)
+        if previous != settings:
+            changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+            raise UserFacingError(
+                f"{args.output!r} holds a run with other settings ({', '.join(changed)}): resume with the same "
+                "options, choose another --output, or pass --overwrite to start again")
+    with open(settings_path, "w", encoding="utf-8") as fh:
+        json.dump(settings, fh, indent=2)
+
+    fields = ["id", "generated", "mask", "original"] + SCORE_FIELDS
+    if args.salient_checkpoint:
+        fields.append("salient_signed")
+    fields.append("seconds")
+    done_keys = {r["generated"] for r in done}
+    todo = sorted((r for r in rows if r["generated"] not in done_keys), key=lambda r: r["mask"])  # stable
+    # rewrite the CSV with its complete rows only (drops a row cut short by an interruption)
+    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(done)
+    if done:
+        log.info("resuming: %d of %d images already scored in %s", len(rows) - len(todo), len(rows), csv_path)
+
+    salient = None
+    if args.salient_checkpoint:
+        from ..models.salient import load_salient_model
+
+        salient = load_salient_model(args.salient_checkpoint, mode=args.salient_mode, device=device, dtype=torch.float32)
+
+    bar = _progress(len(rows), len(rows) - len(todo), args.no_progress)
+    mask_cache: dict[str, torch.Tensor] = {}
+    prompt_cache: dict = {}
+    with open(csv_path, "a", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        for row in todo:
+            start = time.perf_counter()
+            if row["mask"] not in mask_cache:
+                mask_cache.clear()  # rows of one mask are adjacent (sorted); keep one mask and its prompts
+                prompt_cache.clear()
+                mask_cache[row["mask"]] = load_mask(row["mask"])
+            mask = mask_cache[row["mask"]]
+            image = load_image(row["generated"])
+            result = score_expansion(model, image, mask, points=args.points, seed=args.seed, mask_choice=args.mask_choice,
+                                     prompt_cache=prompt_cache)
+            record = dict(row, **result.scores[0].as_dict())
+            if salient is not None:
+                maps = salient.predict(image, resize="dynamic").maps.float().cpu()
+                record["salient_signed"] = signed_salient_change(mask, maps)[0]
+            record["seconds"] = round(time.perf_counter() - start, 3)
+            writer.writerow({k: _fmt(v) for k, v in record.items()})
+            fh.flush()
+            bar.update(1)
+    bar.close()
+
+    all_rows = read_results(csv_path)
+    summary = summarise(all_rows, args.threshold, settings)
+    with open(os.path.join(args.output, SUMMARY_NAME), "w", encoding="utf-8") as fh:
+        json.dump(summary, fh, indent=2)
+    rel = summary.get("expansion_relative", {})
+    if rel.get("mean") is not None:
+        print(f"{summary['images']} images: mean expansion {100 * rel['mean']:.2f} % of the object "
+              f"(median {100 * rel['median']:.2f} %), {100 * rel['share_above_threshold']:.1f} % of images above "
+              f"{100 * args.threshold:g} %; {rel['undefined']} undefined. Results in {args.output}")
+    else:
+        print(f"{summary['images']} images, no defined score. Results in {args.output}")
+    return summary

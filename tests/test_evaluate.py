@@ -1,0 +1,204 @@
+"""``python -m salient_background evaluate`` on a small generated folder: CSV and JSON contents, resume,
+settings guard, manifest input, run comparison."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from salient_background.cli import main
+from sb_testkit.images import disk_mask, object_on_background, rect_mask
+from sb_testkit.sam import cached_checkpoint, single_thread
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with single_thread():
+        yield
+
+
+def _save_mask(mask: torch.Tensor, path) -> None:
+    Image.fromarray((mask.numpy() * 255).round().astype(np.uint8), mode="L").save(path)
+
+
+def _save_image(image: torch.Tensor, path) -> None:
+    Image.fromarray((image.numpy() * 255).round().astype(np.uint8), mode="RGB").save(path)
+
+
+@pytest.fixture()
+def dataset(tmp_path):
+    masks, gen = tmp_path / "masks", tmp_path / "generated"
+    masks.mkdir()
+    gen.mkdir()
+    image, disk = object_on_background(40, 56, seed=2)
+    _save_mask(disk, masks / "cat.png")
+    _save_mask(rect_mask(40, 56, 10, 10, 30, 40), masks / "cat_black_mask.png")  # as the `mask` command names it
+    _save_image(image, gen / "cat.png")
+    _save_image(image.flip(1), gen / "cat_1.png")
+    _save_image(image * 0.7, gen / "cat_black_seed3.png")
+    _save_image(image, gen / "dog.png")  # matches no mask: skipped with a warning
+    return tmp_path
+
+
+def _read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _run(dataset, out, *extra):
+    return main(["evaluate", "--masks", str(dataset / "masks"), "--generated", str(dataset / "generated"),
+                 "--sam", cached_checkpoint("tiny"), "--output", str(out), "--points", "4", "--no-progress",
+                 "--device", "cpu", *extra])
+
+
+def test_csv_rows_match_a_direct_computation(dataset, tmp_path):
+    from salient_background.models.expansion import score_expansion
+    from salient_background.models.sam import load_sam
+
+    out = tmp_path / "run"
+    assert _run(dataset, out) == 0
+    rows = _read_csv(out / "expansion.csv")
+    by_name = {os.path.basename(r["generated"]): r for r in rows}
+    assert set(by_name) == {"cat.png", "cat_1.png", "cat_black_seed3.png"}
+    assert by_name["cat_1.png"]["id"] == "cat" and by_name["cat_black_seed3.png"]["id"] == "cat_black"
+    assert os.path.basename(by_name["cat_black_seed3.png"]["mask"]) == "cat_black_mask.png"
+    model = load_sam(cached_checkpoint("tiny")).model
+    for name, row in by_name.items():
+        img = torch.from_numpy(np.asarray(Image.open(dataset / "generated" / name), dtype=np.float32) / 255)[None]
+        mask = torch.from_numpy(np.asarray(Image.open(row["mask"]), dtype=np.float32) / 255)[None]
+        expected = score_expansion(model, img, mask, points=4, seed=0).scores[0]
+        assert float(row["expansion_px"]) == expected.expansion_px
+        assert float(row["expansion_relative"]) == pytest.approx(expected.expansion_relative)
+        assert int(row["object_px"]) == expected.object_px and int(row["width"]) == 56
+    summary = json.loads((out / "summary.json").read_text())
+    rel = np.array([float(r["expansion_relative"]) for r in rows])
+    assert summary["images"] == 3
+    assert summary["expansion_relative"]["mean"] == pytest.approx(rel.mean())
+    assert summary["expansion_relative"]["median"] == pytest.approx(np.median(rel))
+    assert summary["expansion_relative"]["percentiles"]["90"] == pytest.approx(np.percentile(rel, 90))
+    assert summary["expansion_relative"]["share_above_threshold"] == pytest.approx((rel > 0.05).mean())
+    assert summary["settings"]["points"] == 4 and summary["settings"]["sam_variant"] == "custom"
+
+
+def test_resume_scores_only_what_is_missing(dataset, tmp_path, monkeypatch):
+    import salient_background.models.expansion as expansion
+
+    out = tmp_path / "run"
+    assert _run(dataset, out) == 0
+    first = _read_csv(out / "expansion.csv")
+    text = (out / "expansion.csv").read_text()
+    cut = text[: text.rstrip("\n").rfind("\n") + 1 + 25]  # the last row cut short, as by a kill mid-write
+    (out / "expansion.csv").write_text(cut)
+
+    calls = []
+    real = expansion.score_expansion
+    monkeypatch.setattr(expansion, "score_expansion", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert _run(dataset, out) == 0
+    assert len(calls) == 1
+    again = _read_csv(out / "expansion.csv")
+    key = lambda r: r["generated"]  # noqa: E731
+    strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    assert sorted(map(strip, again), key=key) == sorted(map(strip, first), key=key)
+    assert _run(dataset, out) == 0 and len(calls) == 1  # complete: nothing to do
+
+
+def test_other_settings_are_refused_unless_overwrite(dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run(dataset, out) == 0
+    assert _run(dataset, out, "--seed", "5") == 2
+    assert "seed" in capsys.readouterr().err
+    assert _run(dataset, out, "--seed", "5", "--overwrite") == 0
+    assert json.loads((out / "settings.json").read_text())["seed"] == 5
+
+
+def test_manifest_input(dataset, tmp_path):
+    manifest = dataset / "list.csv"
+    manifest.write_text("id,original,mask,generated\nthe_cat,,masks/cat.png,generated/cat.png;generated/cat_1.png\n")
+    out = tmp_path / "m"
+    assert main(["evaluate", "--manifest", str(manifest), "--sam", cached_checkpoint("tiny"), "--output", str(out),
+                 "--points", "4", "--no-progress", "--device", "cpu"]) == 0
+    rows = _read_csv(out / "expansion.csv")
+    assert [os.path.basename(r["generated"]) for r in rows] == ["cat.png", "cat_1.png"]
+    assert {r["id"] for r in rows} == {"the_cat"}
+
+
+def test_empty_mask_rows_are_nan_and_excluded_from_the_summary(tmp_path):
+    masks, gen = tmp_path / "masks", tmp_path / "gen"
+    masks.mkdir()
+    gen.mkdir()
+    image, disk = object_on_background(32, 32)
+    _save_mask(disk, masks / "a.png")
+    _save_mask(torch.zeros(32, 32), masks / "b.png")
+    _save_image(image, gen / "a.png")
+    _save_image(image, gen / "b.png")
+    out = tmp_path / "out"
+    assert main(["evaluate", "--masks", str(masks), "--generated", str(gen), "--sam", cached_checkpoint("tiny"),
+                 "--output", str(out), "--points", "2", "--no-progress", "--device", "cpu"]) == 0
+    rows = {os.path.basename(r["generated"]): r for r in _read_csv(out / "expansion.csv")}
+    assert math.isnan(float(rows["b.png"]["expansion_px"]))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["expansion_relative"]["count"] == 1 and summary["expansion_relative"]["undefined"] == 1
+
+
+def test_compare_prints_the_ratio_of_mean_expansion(tmp_path, capsys):
+    for name, mean in (("si2", 0.36), ("si2_cn", 0.10)):
+        (tmp_path / name).mkdir()
+        summary = {"images": 4, "settings": {"points": 8, "seed": 0, "mask_choice": "auto", "sam_variant": "vit_h"},
+                   "expansion_relative": {"mean": mean}, "expansion_px": {"mean": mean * 1000}}
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+    assert main(["evaluate", "--compare", str(tmp_path / "si2"), str(tmp_path / "si2_cn")]) == 0
+    out = capsys.readouterr().out
+    assert "relative to the object): A 0.36, B 0.1 -> A/B = 3.60x" in out
+    assert "(pixels): A 360, B 100 -> A/B = 3.60x" in out
+    assert main(["evaluate", "--compare", str(tmp_path / "si2"), str(tmp_path / "missing")]) == 2
+
+
+def test_folder_without_matches_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "g").mkdir()
+    _save_mask(disk_mask(8, 8, 4, 4, 2), tmp_path / "m" / "x.png")
+    _save_image(torch.rand(8, 8, 3), tmp_path / "g" / "y.png")
+    assert main(["evaluate", "--masks", str(tmp_path / "m"), "--generated", str(tmp_path / "g"), "--sam",
+                 cached_checkpoint("tiny"), "--output", str(tmp_path / "o")]) == 2
+    assert "matches a mask" in capsys.readouterr().err
+
+
+def test_salient_column_uses_the_salient_model_api(dataset, tmp_path, monkeypatch):
+    """--salient-checkpoint adds the notebook's signed area change, computed through models/salient.py's
+    load_salient_model(...).predict(images, resize).maps (replaced here by a stand-in with that API)."""
+    from types import SimpleNamespace
+
+    import salient_background.models.salient as salient
+
+    calls = []
+
+    class StandIn:
+        def predict(self, images, resize):
+            calls.append((tuple(images.shape), resize))
+            maps = torch.zeros(images.shape[:3])
+            maps[:, :20, :] = 1.0  # the top half of a 40-row image: area fraction 0.5
+            return SimpleNamespace(maps=maps, raw_max=None, empty=None)
+
+    def fake_load(path, mode="base", device=None, dtype=torch.float32):
+        calls.append(("load", os.path.basename(path), mode))
+        return StandIn()
+
+    monkeypatch.setattr(salient, "load_salient_model", fake_load)
+    ckpt = tmp_path / "ckpt_fast.pth"
+    ckpt.write_bytes(b"x")
+    out = tmp_path / "sal"
+    assert _run(dataset, out, "--salient-checkpoint", str(ckpt), "--salient-mode", "fast") == 0
+    assert calls[0] == ("load", "ckpt_fast.pth", "fast")
+    assert calls[1:] == [((1, 40, 56, 3), "dynamic")] * 3
+    rows = {os.path.basename(r["generated"]): r for r in _read_csv(out / "expansion.csv")}
+    disk_area = float((np.asarray(Image.open(dataset / "masks" / "cat.png")) >= 128).mean())
+    assert float(rows["cat.png"]["salient_signed"]) == pytest.approx(0.5 - disk_area)
+    assert float(rows["cat_black_seed3.png"]["salient_signed"]) == pytest.approx(0.5 - 600 / (40 * 56))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["salient_signed"]["count"] == 3

@@ -1,0 +1,110 @@
+"""Export a trained ControlNet as the diffusers folder the loader node reads.
+
+Output folder: ``config.json`` + ``diffusion_pytorch_model.safetensors`` (fp32, or fp16 with ``fp16=True``) and
+``salient_controlnet.json`` (base model, steps, data, recipe). This is the same form as the ``controlnet/`` folder of
+``yahoo-inc/photo-background-generation``; :func:`export_checkpoint` re-reads the result through
+:func:`models.controlnet_checkpoint.build_diffusers_controlnet` -- the loader node's code -- before returning, so a
+folder that would not load is never reported as exported.
+
+Sources: a ``ControlNetModel`` in memory (the trainer's final export), or a trainer checkpoint folder
+(``<output_dir>/checkpoints/checkpoint-<step>``: accelerate's ``model.safetensors`` + our ``controlnet_config.json``,
+optionally the EMA weights).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from typing import Mapping, Optional
+
+import torch
+
+from ..models.errors import CheckpointError
+
+METADATA_FILE = "salient_controlnet.json"
+WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
+FORMAT_NAME = "salient_background ControlNet export v1"
+
+
+def export_controlnet(controlnet, folder: str, *, fp16: bool = False, state_dict: Optional[Mapping] = None,
+                      metadata: Optional[dict] = None) -> str:
+    """Write ``controlnet`` (or ``state_dict`` with its config, e.g. EMA weights) as a diffusers folder + metadata."""
+    os.makedirs(folder, exist_ok=True)
+    state = state_dict if state_dict is not None else controlnet.state_dict()
+    dtype = torch.float16 if fp16 else torch.float32
+    tensors = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
+               for k, v in state.items()}
+    config = {k: v for k, v in dict(controlnet.config).items()}
+    _write_folder(folder, config, tensors, metadata or {}, fp16)
+    return folder
+
+
+def _write_folder(folder: str, config: dict, tensors: dict, metadata: dict, fp16: bool) -> None:
+    from safetensors.torch import save_file
+
+    config = dict(config)
+    config.setdefault("_class_name", "ControlNetModel")
+    try:
+        import diffusers
+
+        config.setdefault("_diffusers_version", diffusers.__version__)
+    except ImportError:  # pragma: no cover
+        pass
+    with open(os.path.join(folder, "config.json"), "w") as fh:
+        json.dump(config, fh, indent=2, sort_keys=True, default=list)
+    save_file(tensors, os.path.join(folder, WEIGHTS_FILE), metadata={"format": "pt"})
+    meta = {"format": FORMAT_NAME, "dtype": "fp16" if fp16 else "fp32",
+            "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "parameters": int(sum(t.numel() for t in tensors.values())), **metadata}
+    with open(os.path.join(folder, METADATA_FILE), "w") as fh:
+        json.dump(meta, fh, indent=2, default=str)
+
+
+def export_checkpoint(checkpoint: str, folder: str, *, fp16: bool = False, ema: bool = False,
+                      cross_attention_dim: Optional[int] = None) -> str:
+    """Export a trainer checkpoint folder (or a training output folder: its latest checkpoint), then verify it loads
+    through the loader code. ``ema``: export the EMA weights (the checkpoint must have them)."""
+    from safetensors.torch import load_file
+
+    from ..models.controlnet_checkpoint import build_diffusers_controlnet
+    from .train import CONTROLNET_CONFIG, EMA_FILE, RUN_CONFIG, TRAIN_STATE, list_checkpoints
+
+    checkpoint = os.fspath(checkpoint)
+    if not os.path.isfile(os.path.join(checkpoint, TRAIN_STATE)):
+        found = list_checkpoints(checkpoint)
+        if not found:
+            raise CheckpointError(
+                f"{checkpoint!r} is neither a training checkpoint (no {TRAIN_STATE}) nor a training output folder with "
+                "checkpoints/checkpoint-<step> in it"
+            )
+        checkpoint = found[-1]
+    with open(os.path.join(checkpoint, CONTROLNET_CONFIG)) as fh:
+        config = json.load(fh)
+    with open(os.path.join(checkpoint, TRAIN_STATE)) as fh:
+        state_info = json.load(fh)
+    if ema:
+        path = os.path.join(checkpoint, EMA_FILE)
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{checkpoint!r} has no EMA weights ({EMA_FILE}); train with --ema-decay or drop --ema")
+    else:
+        path = os.path.join(checkpoint, "model.safetensors")
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{checkpoint!r} has no model.safetensors (accelerate's model weights)")
+    state = load_file(path)
+    dtype = torch.float16 if fp16 else torch.float32
+    tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    meta = {"checkpoint": os.path.abspath(checkpoint), "steps": state_info.get("global_step"),
+            "weights": "EMA" if ema else "raw"}
+    run_cfg = os.path.join(os.path.dirname(os.path.dirname(checkpoint)), RUN_CONFIG)
+    if os.path.isfile(run_cfg):
+        with open(run_cfg) as fh:
+            run = json.load(fh)
+        meta.update({"base_model": run.get("base_model"), "data": run.get("data"),
+                     "recipe": {k: run.get(k) for k in ("resolution", "resize_to", "empty_caption_prob", "mask_aug_prob",
+                                                        "batch_size", "learning_rate", "lr_scheduler", "mixed_precision",
+                                                        "ema_decay", "seed")}})
+    os.makedirs(folder, exist_ok=True)
+    _write_folder(folder, config, tensors, meta, fp16)
+    width = cross_attention_dim or config.get("cross_attention_dim")
+    build_diffusers_controlnet(folder, cross_attention_dim=width)  # the loader node's code must read it
+    return folder
