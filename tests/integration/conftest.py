@@ -223,7 +223,8 @@ class ComfyServer:
 
     def output_files(self, outputs: dict, node_id: str, kind: str = "images") -> list[Path]:
         """Paths of the files a SaveImage-like node reported in ``outputs``."""
-        base = {"output": self.output_dir, "temp": self.temp_dir, "input": self.input_dir}
+        base = {"output": self.output_dir, "temp": self.temp_dir / "temp",  # ComfyUI joins "temp" onto --temp-directory
+                "input": self.input_dir}
         return [base[item.get("type", "output")] / item.get("subfolder", "") / item["filename"]
                 for item in outputs.get(node_id, {}).get(kind, [])]
 
