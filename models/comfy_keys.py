@@ -127,6 +127,18 @@ def _resnet_keys(prefix: str, shortcut: bool) -> list[str]:
     return [f"{prefix}{n}.{b}" for n in names for b in ("weight", "bias")]
 
 
+
+def _resnet_suffix_to_diffusers(rest: str) -> str | None:
+    """ComfyUI resnet parameter suffix ('in_layers.2.weight', 'skip_connection.bias') -> diffusers' ('conv1.weight',
+    'conv_shortcut.bias'); None when it is not a resnet parameter."""
+    name, _, leaf = rest.partition(".")
+    name2, _, leaf2 = leaf.partition(".")
+    renamed = RESNET_TO_DIFFUSERS.get(f"{name}.{name2}") or RESNET_TO_DIFFUSERS.get(name)
+    if renamed is None:
+        return None
+    tail = leaf2 if f"{name}.{name2}" in RESNET_TO_DIFFUSERS else leaf
+    return f"{renamed}.{tail}"
+
 def expected_diffusers_keys(layout: ControlNetLayout) -> list[str]:
     """Every key of a diffusers ``ControlNetModel`` with this layout (no class embedding, no add-embedding)."""
     wb = ("weight", "bias")
@@ -305,25 +317,15 @@ def _comfy_key_candidates(key: str, L: int, num_cond: int, n_input: int) -> list
             return [f"down_blocks.{i}.downsamplers.0.conv.{rest[len('op.'):]}"] if rest.startswith("op.") else []
         if sub == 1:
             return [f"down_blocks.{i}.attentions.{j}.{rest}"]
-        name, _, leaf = rest.partition(".")
-        name2, _, leaf2 = leaf.partition(".")
-        d = RESNET_TO_DIFFUSERS.get(f"{name}.{name2}") or RESNET_TO_DIFFUSERS.get(name)
-        if d is None:
-            return []
-        tail = leaf2 if f"{name}.{name2}" in RESNET_TO_DIFFUSERS else leaf
-        return [f"down_blocks.{i}.resnets.{j}.{d}.{tail}"]
+        renamed = _resnet_suffix_to_diffusers(rest)
+        return [f"down_blocks.{i}.resnets.{j}.{renamed}"] if renamed else []
     m = re.match(r"^middle_block\.(\d+)\.(.+)$", key)
     if m:
         n, rest = int(m[1]), m[2]
         if n == 1:
             return [f"mid_block.attentions.0.{rest}"]
-        name, _, leaf = rest.partition(".")
-        name2, _, leaf2 = leaf.partition(".")
-        d = RESNET_TO_DIFFUSERS.get(f"{name}.{name2}") or RESNET_TO_DIFFUSERS.get(name)
-        if d is None:
-            return []
-        tail = leaf2 if f"{name}.{name2}" in RESNET_TO_DIFFUSERS else leaf
-        return [f"mid_block.resnets.{n // 2}.{d}.{tail}"]
+        renamed = _resnet_suffix_to_diffusers(rest)
+        return [f"mid_block.resnets.{n // 2}.{renamed}"] if renamed else []
     m = re.match(r"^input_hint_block\.(\d+)\.(.+)$", key)
     if m:
         idx, rest = int(m[1]), m[2]

@@ -10,9 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 
-from ..models.errors import UserFacingError
 
 log = logging.getLogger("salient_background")
 
@@ -185,10 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except UserFacingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    from ..cli import run_parsed
+
+    return run_parsed(build_parser().parse_args(argv))
