@@ -1,10 +1,18 @@
 """Benchmark: our diffusers pipeline (SI2 + salient ControlNet) on FULL-SIZE random weights, on the CPU.
 
-Prints absolute times of both arms and their ratio, measured in the same run with the same threads and warm-up:
+Prints absolute times of every arm and their ratios, measured in the same run with the same threads and warm-up. A
+step's time is the fastest of steps 2.. of an image (step 1 also holds the encodes / model loading), best of
+``--repeats`` alternating images: on a shared machine other load only ever adds time.
 
-1. seconds per sampling step with the ControlNet (scale 1.0) and without it (scale 0, the SI2 baseline; the ControlNet
-   is then not run) -- goal <= 1.40x (the ControlNet costs ~0.39 of a UNet forward);
-2. with ``--reference PATH`` (a local copy of yahoo's ``pipeline_controlnet_inpaint.py``, never part of this
+1. with ``--comfyui PATH`` (a ComfyUI checkout; ``--comfyui-python`` an interpreter that has ComfyUI's requirements
+   and this pack): seconds per sampling step in ComfyUI with the salient ControlNet (our loader + our conditioning
+   node, then ComfyUI's own sampler) and without it (the same conditioning with the control removed: plain SD2
+   inpainting) -- goal <= 1.40x (the ControlNet costs ~0.39 of a UNet forward). This arm runs in a child process of
+   that interpreter on full-size random single-file checkpoints written by
+   ``tests/integration/make_full_size_models.py`` (``--comfyui-models DIR``, built there when missing);
+2. seconds per sampling step of our diffusers pipeline with the ControlNet (scale 1.0) and without it (scale 0, the
+   SI2 baseline; the ControlNet is then not run) -- the same goal;
+3. with ``--reference PATH`` (a local copy of yahoo's ``pipeline_controlnet_inpaint.py``, never part of this
    repository): seconds per image of our pipeline vs the reference pipeline on the same modules, seed and inputs --
    goal <= 1.0x -- and the max difference of their images.
 
@@ -12,14 +20,16 @@ Full-size architectures: the SD2-inpainting UNet (9 input channels, ~866 M param
 (every tensor redrawn at random, ~364 M), the OpenCLIP ViT-H text tower as a ``CLIPTextModel`` (~340 M) and the SD VAE
 (~84 M); fp32 needs ~7 GiB of memory: run it under ``flock /tmp/heavy.lock``.
 
-    flock /tmp/heavy.lock python benchmarks/bench_pipeline.py --size 256 --steps 4 --threads 2 [--reference PATH]
+    flock /tmp/heavy.lock python benchmarks/bench_pipeline.py --size 256 --steps 4 --threads 2 [--reference PATH] \
+        [--comfyui /path/to/ComfyUI --comfyui-python /path/to/comfy/venv/bin/python]
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
-import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -80,15 +90,99 @@ def load_reference(path: str):
     return module.StableDiffusionControlNetInpaintPipeline
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# ComfyUI arm: runs in a child process of the ComfyUI interpreter
+# ---------------------------------------------------------------------------------------------------------------
+def comfy_child(args) -> None:
+    """Seconds per sampling step in ComfyUI with and without the salient ControlNet; prints one JSON line."""
+    sys.path.insert(0, args.comfyui)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    torch.set_num_threads(args.threads)
+    import comfy.sample
+    import comfy.sd
+    import nodes as comfy_nodes  # ComfyUI's own nodes.py
+
+    from salient_background.nodes.controlnet_nodes import SalientControlNetConditioning, load_salient_controlnet
+
+    models = args.comfyui_models
+    model, clip, vae = comfy.sd.load_checkpoint_guess_config(
+        os.path.join(models, "sd2_inpainting_random.safetensors"), output_vae=True, output_clip=True)[:3]
+    control_net = load_salient_controlnet(os.path.join(models, "controlnet_salient.safetensors"))
+    positive = comfy_nodes.CLIPTextEncode().encode(clip, "a bottle on a table")[0]
+    negative = comfy_nodes.CLIPTextEncode().encode(clip, "")[0]
+    photo, object_mask = inputs(args.size)
+    image = torch.from_numpy(np.asarray(photo, dtype=np.float32) / 255.0)[None]
+    mask = torch.from_numpy(np.asarray(object_mask, dtype=np.float32) / 255.0)[None]
+    with_cn = SalientControlNetConditioning().apply(positive, negative, control_net, vae, image, mask, strength=1.0)
+    pos_cn, neg_cn, latent = with_cn
+    if not all("control" in entry[1] for entry in pos_cn + neg_cn):
+        raise SystemExit("the salient conditioning carries no ControlNet: nothing to measure")
+    # the baseline: the very same SD2-inpainting conditioning (masked-image latent + mask) with the control removed
+    strip = lambda cond: [[t, {k: v for k, v in d.items() if k != "control"}] for t, d in cond]  # noqa: E731
+    pos_plain, neg_plain = strip(pos_cn), strip(neg_cn)
+    latent_image = latent["samples"]
+
+    def run(positive, negative):
+        noise = comfy.sample.prepare_noise(latent_image, 1)
+        stamps = [time.perf_counter()]
+        comfy.sample.sample(model, noise, args.steps, 7.5, "euler", "normal", positive, negative, latent_image,
+                            denoise=1.0, disable_pbar=True, seed=1,
+                            callback=lambda *_: stamps.append(time.perf_counter()))
+        return float(np.min(np.diff(stamps)[1:]))  # step 1 also holds model loading / preparation
+
+    with torch.inference_mode():
+        run(pos_cn, neg_cn)  # warm-up: loads both models
+        run(pos_plain, neg_plain)
+        times = {"with": [], "without": []}
+        for _ in range(args.repeats):  # alternating, like the other arms
+            times["with"].append(run(pos_cn, neg_cn))
+            times["without"].append(run(pos_plain, neg_plain))
+    print("COMFY_RESULT " + json.dumps({"with": min(times["with"]), "without": min(times["without"]),
+                                        "all": times, "threads": torch.get_num_threads()}), flush=True)
+
+
+def run_comfy_arm(args) -> dict:
+    here = os.path.abspath(__file__)
+    make = os.path.join(os.path.dirname(HERE), "tests", "integration", "make_full_size_models.py")
+    subprocess.run([args.comfyui_python, make, args.comfyui, args.comfyui_models], check=True)  # skipped when built
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    cmd = [args.comfyui_python, here, "--_comfy-child", "--comfyui", args.comfyui, "--comfyui-models",
+           args.comfyui_models, "--size", str(args.size), "--steps", str(args.steps), "--threads", str(args.threads),
+           "--repeats", str(args.repeats)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("COMFY_RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise SystemExit(f"the ComfyUI arm failed (exit status {proc.returncode})")
+    return json.loads(lines[-1][len("COMFY_RESULT "):])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=4, help="sampling steps per image (default 4)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2, help="timed images per arm after one warm-up (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed images per arm after one warm-up (default 3)")
     parser.add_argument("--reference", help="local copy of yahoo's pipeline_controlnet_inpaint.py (optional)")
+    parser.add_argument("--comfyui", help="a ComfyUI checkout: adds the ComfyUI with/without-ControlNet arm")
+    parser.add_argument("--comfyui-python", default=sys.executable,
+                        help="interpreter with ComfyUI's requirements and this pack (default: this one)")
+    parser.add_argument("--comfyui-models", default=os.path.join(tempfile.gettempdir(), "sb_full_size_models"),
+                        help="full-size random checkpoints (make_full_size_models.py; built there when missing)")
+    parser.add_argument("--_comfy-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args._comfy_child:
+        comfy_child(args)
+        return
     torch.set_num_threads(args.threads)
+    comfy = None
+    if args.comfyui:  # first, in its own process, before this one holds ~7 GiB of models
+        comfy = run_comfy_arm(args)
+        print(f"ComfyUI, s/step (euler, fastest of steps 2.., best of {args.repeats}): with ControlNet "
+              f"{comfy['with']:.3f}, without {comfy['without']:.3f}, ratio {comfy['with'] / comfy['without']:.3f} "
+              f"(goal <= 1.40); threads {comfy['threads']}", flush=True)
 
     from PIL import ImageOps
 
@@ -111,7 +205,7 @@ def main() -> None:
                    controlnet_conditioning_scale=scale, generator=torch.Generator().manual_seed(1),
                    callback=lambda i, n: stamps.append(time.perf_counter()))
         steps = np.diff(stamps)[1:]  # step 1 also holds text encoding and the VAE encode; steps 2.. are pure sampling
-        return time.perf_counter() - start, float(np.median(steps)), out.images
+        return time.perf_counter() - start, float(np.min(steps)), out.images
 
     ref = None
     if args.reference:
@@ -142,7 +236,7 @@ def main() -> None:
         with_cn = min(r[1] for r in runs["ours1"])
         without_cn = min(r[1] for r in runs["ours0"])
         image1, image0 = min(r[0] for r in runs["ours1"]), min(r[0] for r in runs["ours0"])
-        print(f"our pipeline, s/step (median of steps 2.., best of {args.repeats}): with ControlNet {with_cn:.3f}, "
+        print(f"our pipeline, s/step (fastest of steps 2.., best of {args.repeats}): with ControlNet {with_cn:.3f}, "
               f"without (scale 0) {without_cn:.3f}, ratio {with_cn / without_cn:.3f} (goal <= 1.40)")
         print(f"our pipeline, s/image: with ControlNet {image1:.2f}, without {image0:.2f}")
         if ref is not None:

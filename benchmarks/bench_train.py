@@ -7,7 +7,8 @@ optimizer step are timed after ``--warmup`` steps, and the peak resident memory 
 read when it exits (it exits right after the last timed step, before any final save). Arms: ``ours`` (default settings),
 ``ours-cached`` (``--latent-cache --text-embedding-cache``: the VAE posteriors of 4 fixed crops per photo and the
 caption embeddings are computed before the first step -- that time is printed as "start to first step" -- and the
-VAE and text encoder then leave memory) and ``reference``.
+VAE and text encoder then leave memory), ``ours-lean`` (the same plus ``--gradient-checkpointing``: the lowest peak
+memory, for time) and ``reference``.
 
 Reference arm: ``train_controlnet.py`` of yahoo/photo-background-generation (the file holding the inpainting
 trainer; the repo's two trainer names are swapped), run from a scratch copy OUTSIDE this repo (never committed):
@@ -70,7 +71,7 @@ def build_full_size_si2(folder: str) -> str:
     return folder
 
 
-def build_photos(folder: str, count: int = 8) -> list[dict]:
+def build_photos(folder: str, count: int = 4) -> list[dict]:
     """``count`` 1024x768 photos (a bright ellipse on a smooth texture) with masks (object = white) and captions."""
     import numpy as np
     from PIL import Image, ImageDraw
@@ -130,13 +131,14 @@ def child_ours(args) -> None:
     write_manifest(os.path.join(data, "manifest.jsonl"), [
         {"image": os.path.relpath(r["image"], data), "mask": os.path.relpath(r["mask"], data), "captions": [r["caption"]]}
         for r in rows])
-    cached = args._child == "ours-cached"
+    cached = args._child in ("ours-cached", "ours-lean")
     run_dir = os.path.join(args.workdir, f"{args._child}_run")
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run (and a fresh latent cache, timed below)
     _time_optimizer_steps(args.steps, args.out)
     train(TrainConfig(data=data, base_model=args.si2, output_dir=run_dir,
                       batch_size=1, learning_rate=5e-6, max_train_steps=args.steps + 1, checkpointing_steps=0,
-                      report_to="none", log_every=1, seed=0, latent_cache=cached, text_embedding_cache=cached))
+                      report_to="none", log_every=1, seed=0, latent_cache=cached, text_embedding_cache=cached,
+                      gradient_checkpointing=args._child == "ours-lean"))
 
 
 def child_reference(args) -> None:
@@ -205,7 +207,8 @@ def main() -> None:
     p.add_argument("--reference-python", help="interpreter for the reference arm (a scratch venv with its dependencies)")
     p.add_argument("--arms", default="ours,ours-cached,reference",
                    help="ours = default settings; ours-cached = --latent-cache --text-embedding-cache (the cache is "
-                        "built before the first step: see 'to first step'); reference = yahoo's trainer")
+                        "built before the first step: see 'to first step'); ours-lean = ours-cached + "
+                        "--gradient-checkpointing; reference = yahoo's trainer")
     p.add_argument("--steps", type=int, default=6, help="optimizer steps per arm (the first --warmup are not timed)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count())

@@ -126,6 +126,24 @@ def resolve_model_file(folder: str, name: str, *, where_to_get: str, registry_ke
     raise CheckpointError(f"{message} {where_to_get}".strip())
 
 
+def validate_model_choice(resolve) -> bool | str:
+    """A loader's ``VALIDATE_INPUTS``: True when ``resolve()`` finds the model, else the reason as a string.
+
+    Declaring VALIDATE_INPUTS for an input makes ComfyUI skip its own "Value not in list" check, so a workflow naming
+    a file this ComfyUI does not have shows our message (the folders searched and the download command) before
+    anything runs. With auto-download on, the loader fetches the file, so validation lets it through.
+    """
+    from ..models import downloader
+
+    if downloader.auto_download_enabled():
+        return True
+    try:
+        resolve()
+    except CheckpointError as exc:
+        return str(exc)
+    return True
+
+
 def _models_dir_args() -> str:
     """``--models-dir <ComfyUI's models folder>`` so the suggested command targets this very ComfyUI."""
     try:

@@ -134,11 +134,20 @@ class LoadSalientControlNet:
                    "mask and masked-image latents like the UNet. Works with Salient ControlNet Conditioning and with "
                    "the stock Apply ControlNet (Advanced).")
 
-    def load(self, controlnet: str):
+    @classmethod
+    def VALIDATE_INPUTS(cls, controlnet):
+        return comfy_glue.validate_model_choice(lambda: cls.resolve(controlnet))
+
+    @staticmethod
+    def resolve(controlnet: str) -> str:
+        """A diffusers folder in models/controlnet, else a weight file (missing -> the download command)."""
         path = comfy_glue.resolve_model_dir(CONTROLNET_FOLDER, controlnet)
         if path is None or not is_controlnet_folder(path):
             path = comfy_glue.resolve_model_file(CONTROLNET_FOLDER, controlnet, where_to_get=WHERE_TO_GET)
-        return (load_salient_controlnet(path),)
+        return path
+
+    def load(self, controlnet: str):
+        return (load_salient_controlnet(self.resolve(controlnet)),)
 
 
 def _crop_to_multiple(images: torch.Tensor, masks: torch.Tensor, multiple: int):

@@ -87,10 +87,17 @@ class LoadSalientModel:
     CATEGORY = "Salient Background/salient"
     DESCRIPTION = "Loads the InSPyReNet salient-object network used by the paper (via transparent-background)."
 
-    def load(self, checkpoint: str, mode: str = "base", precision: str = "auto"):
+    @classmethod
+    def VALIDATE_INPUTS(cls, checkpoint):
+        return comfy_glue.validate_model_choice(lambda: cls.resolve(checkpoint))
+
+    @staticmethod
+    def resolve(checkpoint: str) -> str:
         register_folders()
-        path = comfy_glue.resolve_model_file(SALIENT_FOLDER, checkpoint, where_to_get=SALIENT_WHERE_TO_GET)
-        return (load_salient_model_cached(path, mode, precision),)
+        return comfy_glue.resolve_model_file(SALIENT_FOLDER, checkpoint, where_to_get=SALIENT_WHERE_TO_GET)
+
+    def load(self, checkpoint: str, mode: str = "base", precision: str = "auto"):
+        return (load_salient_model_cached(self.resolve(checkpoint), mode, precision),)
 
 
 class SalientMask:

@@ -105,9 +105,16 @@ class SAMLoader:
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, sam_name):
+        return comfy_glue.validate_model_choice(lambda: cls.resolve(sam_name))
+
+    @staticmethod
+    def resolve(sam_name: str) -> str:
+        return comfy_glue.resolve_model_file(SAM_FOLDER, sam_name, where_to_get=WHERE_TO_GET)
+
     def load(self, sam_name):
-        path = comfy_glue.resolve_model_file(SAM_FOLDER, sam_name, where_to_get=WHERE_TO_GET)
-        return (load_sam_cached(path),)
+        return (load_sam_cached(self.resolve(sam_name)),)
 
 
 class SAMRefineMask:

@@ -205,3 +205,7 @@ def test_loader_choices_list_files_and_controlnet_folders(tiny_sd, tmp_path, mon
     path = comfy_glue.resolve_model_dir("controlnet", "photo-background-generation")
     state, _ = load_controlnet_state_dict(path, cross_attention_dim=W)
     assert _equal(state, tiny_sd.controlnet_state_dict())
+    # ComfyUI validation (before anything runs) accepts the folder by name and explains a missing one
+    assert controlnet_nodes.LoadSalientControlNet.VALIDATE_INPUTS("photo-background-generation") is True
+    reason = controlnet_nodes.LoadSalientControlNet.VALIDATE_INPUTS("gone/controlnet")
+    assert isinstance(reason, str) and "gone/controlnet" in reason and str(root) in reason

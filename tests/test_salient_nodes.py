@@ -37,6 +37,17 @@ def test_loader_caches_and_reloads_a_replaced_file(inspyrenet_fast_checkpoint, s
     assert other is not salient_model
 
 
+def test_loader_validation_reports_a_missing_file_with_the_download_command(inspyrenet_fast_checkpoint, monkeypatch):
+    """ComfyUI shows a VALIDATE_INPUTS string instead of its bare 'Value not in list'."""
+    monkeypatch.delenv("SALIENT_BG_AUTO_DOWNLOAD", raising=False)
+    assert LoadSalientModel.VALIDATE_INPUTS(inspyrenet_fast_checkpoint) is True
+    reason = LoadSalientModel.VALIDATE_INPUTS("ckpt_base.pth")
+    assert isinstance(reason, str) and "ckpt_base.pth" in reason
+    assert "python -m salient_background download inspyrenet_base" in reason
+    monkeypatch.setenv("SALIENT_BG_AUTO_DOWNLOAD", "1")  # the loader will fetch it: validation lets it through
+    assert LoadSalientModel.VALIDATE_INPUTS("ckpt_base.pth") is True
+
+
 def test_loader_names_what_is_missing(tmp_path):
     with pytest.raises(CheckpointError, match="not found.*salient.*ckpt_base.pth"):
         LoadSalientModel().load("nothing_here.pth", mode="base")

@@ -65,6 +65,8 @@ def test_loader_names_the_folder_and_the_files_when_missing():
 
     with pytest.raises(CheckpointError, match="sam_vit_b_01ec64.pth"):
         sam_nodes.SAMLoader().load("no_such_sam.pth")
+    reason = sam_nodes.SAMLoader.VALIDATE_INPUTS("sam_vit_b_01ec64.pth")  # what ComfyUI shows before running
+    assert isinstance(reason, str) and "download" in reason and "sam_vit_b_01ec64.pth" in reason
 
 
 def test_refine_node(sam):

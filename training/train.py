@@ -402,10 +402,11 @@ def train(config: TrainConfig, *, accelerator=None) -> TrainResult:
     if config.text_embedding_cache:
         captions = [c for r in rows for c in r.get("captions", []) if c]
         text_for_loss = TextEmbeddingCache(text_encoder, tokenizer, captions, device, weight_dtype)
-        if config.validation_steps <= 0:  # validation needs the text encoder and the VAE decoder; training does not
+        if config.validation_steps <= 0:  # validation needs the text encoder; training then does not
             text_encoder = None
-            vae.decoder = None
-        gc.collect()
+    if config.validation_steps <= 0:
+        vae.decoder = None  # only validation decodes (~190 MiB in fp32)
+    gc.collect()
     controlnet.train()
     if config.gradient_checkpointing:
         controlnet.enable_gradient_checkpointing()

@@ -133,3 +133,26 @@ def test_wrong_mode_or_bad_checkpoint_reports_an_execution_error(comfy, comfy_er
     text = str(err.value)
     assert "SalientBG_LoadSalientModel" in text, text
     assert bad.name in text or "InSPyReNet" in text, text
+
+
+def test_missing_checkpoint_is_rejected_before_running_with_the_download_command(comfy, comfy_error, photo):
+    """A shared workflow naming a checkpoint this ComfyUI lacks: the prompt is refused at validation (HTTP 400) with
+    the folders searched and the download command, instead of ComfyUI's bare 'Value not in list'."""
+    image_name, _ = photo
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": image_name}},
+        "2": {"class_type": "SalientBG_LoadSalientModel",
+              "inputs": {"checkpoint": "ckpt_base.pth", "mode": "base", "precision": "fp32"}},
+        "3": {"class_type": "SalientBG_SalientMask",
+              "inputs": {"salient_model": ["2", 0], "image": ["1", 0], "resize": "static", "mask_type": "soft"}},
+        "4": {"class_type": "MaskToImage", "inputs": {"mask": ["3", 0]}},
+        "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}},
+    }
+    prompt = {k: {"class_type": v["class_type"], "inputs": _with_defaults(comfy, v["class_type"], v["inputs"])}
+              for k, v in prompt.items()}
+    with pytest.raises(comfy_error) as err:
+        comfy.run(prompt, timeout=120)
+    text = str(err.value)
+    assert "custom_validation_failed" in text or "Custom validation failed" in text, text
+    assert "python -m salient_background download inspyrenet_base" in text, text
+    assert "Value not in list" not in text, text
