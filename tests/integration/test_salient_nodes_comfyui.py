@@ -51,6 +51,21 @@ def _with_defaults(comfy, class_type: str, inputs: dict) -> dict:
     return out
 
 
+def _mask_preview_prompt(comfy, image_name: str, checkpoint: str, mode: str) -> dict:
+    """LoadImage -> our loader (``checkpoint``) -> Salient Object Mask -> preview: the smallest graph using the loader."""
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": image_name}},
+        "2": {"class_type": "SalientBG_LoadSalientModel",
+              "inputs": {"checkpoint": checkpoint, "mode": mode, "precision": "fp32"}},
+        "3": {"class_type": "SalientBG_SalientMask",
+              "inputs": {"salient_model": ["2", 0], "image": ["1", 0], "resize": "static", "mask_type": "soft"}},
+        "4": {"class_type": "MaskToImage", "inputs": {"mask": ["3", 0]}},
+        "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}},
+    }
+    return {k: {"class_type": v["class_type"], "inputs": _with_defaults(comfy, v["class_type"], v["inputs"])}
+            for k, v in prompt.items()}
+
+
 def _load_png(path) -> np.ndarray:
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0
@@ -116,20 +131,8 @@ def test_wrong_mode_or_bad_checkpoint_reports_an_execution_error(comfy, comfy_er
     import torch
 
     torch.save({"conv.weight": torch.zeros(8, 3, 3, 3)}, bad)
-    image_name, _ = photo
-    prompt = {
-        "1": {"class_type": "LoadImage", "inputs": {"image": image_name}},
-        "2": {"class_type": "SalientBG_LoadSalientModel",
-              "inputs": {"checkpoint": bad.name, "mode": "fast", "precision": "fp32"}},
-        "3": {"class_type": "SalientBG_SalientMask",
-              "inputs": {"salient_model": ["2", 0], "image": ["1", 0], "resize": "static", "mask_type": "soft"}},
-        "4": {"class_type": "MaskToImage", "inputs": {"mask": ["3", 0]}},
-        "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}},
-    }
-    prompt = {k: {"class_type": v["class_type"], "inputs": _with_defaults(comfy, v["class_type"], v["inputs"])}
-              for k, v in prompt.items()}
     with pytest.raises(comfy_error) as err:
-        comfy.run(prompt, timeout=300)
+        comfy.run(_mask_preview_prompt(comfy, photo[0], bad.name, mode="fast"), timeout=300)
     text = str(err.value)
     assert "SalientBG_LoadSalientModel" in text, text
     assert bad.name in text or "InSPyReNet" in text, text
@@ -138,20 +141,8 @@ def test_wrong_mode_or_bad_checkpoint_reports_an_execution_error(comfy, comfy_er
 def test_missing_checkpoint_is_rejected_before_running_with_the_download_command(comfy, comfy_error, photo):
     """A shared workflow naming a checkpoint this ComfyUI lacks: the prompt is refused at validation (HTTP 400) with
     the folders searched and the download command, instead of ComfyUI's bare 'Value not in list'."""
-    image_name, _ = photo
-    prompt = {
-        "1": {"class_type": "LoadImage", "inputs": {"image": image_name}},
-        "2": {"class_type": "SalientBG_LoadSalientModel",
-              "inputs": {"checkpoint": "ckpt_base.pth", "mode": "base", "precision": "fp32"}},
-        "3": {"class_type": "SalientBG_SalientMask",
-              "inputs": {"salient_model": ["2", 0], "image": ["1", 0], "resize": "static", "mask_type": "soft"}},
-        "4": {"class_type": "MaskToImage", "inputs": {"mask": ["3", 0]}},
-        "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}},
-    }
-    prompt = {k: {"class_type": v["class_type"], "inputs": _with_defaults(comfy, v["class_type"], v["inputs"])}
-              for k, v in prompt.items()}
     with pytest.raises(comfy_error) as err:
-        comfy.run(prompt, timeout=120)
+        comfy.run(_mask_preview_prompt(comfy, photo[0], "ckpt_base.pth", mode="base"), timeout=120)
     text = str(err.value)
     assert "custom_validation_failed" in text or "Custom validation failed" in text, text
     assert "python -m salient_background download inspyrenet_base" in text, text
