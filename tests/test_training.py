@@ -5,6 +5,7 @@ data-preparation tests is a colour threshold that finds exactly that disk (so ma
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ from PIL import Image
 from sb_testkit.diffusers_models import CONTROLNET_CONDITIONING_CHANNELS, TINY_IMAGE_SIZE, tiny_sd  # noqa: F401
 from sb_testkit.images import disk_mask, textured_image
 
+from salient_background.models.errors import InputError
 from salient_background.training import data as tdata
 from salient_background.training.prepare import prepare_dataset
 
@@ -413,11 +415,90 @@ def test_two_processes_equal_one_process_on_the_combined_batch(tiny_sd, dataset_
 
 def test_text_embedding_cache_trains_the_same_model(tiny_sd, dataset_dir, tmp_path):
     kw = dict(max_train_steps=2, learning_rate=1e-3)
-    plain = _train(_config(tiny_sd, dataset_dir, tmp_path / "plain", **kw))
-    cached = _train(_config(tiny_sd, dataset_dir, tmp_path / "cached", text_embedding_cache=True, **kw))
+    plain = _train(_config(tiny_sd, dataset_dir, tmp_path / "plain", text_embedding_cache=False, **kw))
+    cached = _train(_config(tiny_sd, dataset_dir, tmp_path / "cached", **kw))  # the default
     a, b = plain.controlnet.state_dict(), cached.controlnet.state_dict()
     assert [l for _, l in plain.losses] == pytest.approx([l for _, l in cached.losses], rel=1e-5)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+def test_text_embedding_cache_is_skipped_when_the_captions_outweigh_the_encoder(tiny_sd):
+    from salient_background.models.pipeline import load_si2_components
+    from salient_background.training.train import TextEmbeddingCache
+
+    text_encoder = load_si2_components(tiny_sd.si2_dir)[1]
+    encoder_bytes = sum(p.numel() * 4 for p in text_encoder.parameters())
+    per_caption = text_encoder.config.max_position_embeddings * text_encoder.config.hidden_size * 4
+    fits = encoder_bytes // per_caption - 1  # distinct captions besides "" that still fit
+    captions = [f"caption {i}" for i in range(fits)]
+    assert TextEmbeddingCache.worthwhile(text_encoder, captions + captions, torch.float32)  # duplicates count once
+    assert not TextEmbeddingCache.worthwhile(text_encoder, captions + ["one more"], torch.float32)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_optimizer_in_backward_trains_the_same_weights(tiny_sd, dataset_dir, tmp_path, checkpointing):
+    """--optimizer-in-backward: the gradients are used as they come and freed; with the clip active (a tiny
+    max_grad_norm) and with gradient checkpointing the weights end as the normal path's."""
+    kw = dict(max_train_steps=3, learning_rate=1e-3, max_grad_norm=1e-3, gradient_checkpointing=checkpointing)
+    normal = _train(_config(tiny_sd, dataset_dir, tmp_path / "normal", **kw))
+    fused = _train(_config(tiny_sd, dataset_dir, tmp_path / "fused", optimizer_in_backward=True, **kw))
+    a, b = normal.controlnet.state_dict(), fused.controlnet.state_dict()
+    moved = max(float(a[k].abs().max()) for k in a if k.startswith("controlnet_down_blocks"))
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    print(f"optimizer in backward vs normal: max weight difference {diff:.3g} (zero convs moved {moved:.3g})")
+    assert moved > 1e-3  # training did move the zero-initialised outputs
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [l for _, l in normal.losses] == [l for _, l in fused.losses]
+    assert all(p.grad is None for p in fused.controlnet.parameters())
+
+
+def test_clip_of_the_optimizer_in_backward_is_clip_grad_norm(tiny_sd):
+    """The two-pass step on a small model equals backward + clip_grad_norm_ + AdamW.step, clip active or not."""
+    from salient_background.training.low_memory import TwoPassClippedStep
+
+    for max_norm in (1e-4, 1e4):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+        twin = copy.deepcopy(model)
+        opt_a = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
+        opt_b = torch.optim.AdamW(twin.parameters(), lr=1e-2, foreach=False)
+        stepper = TwoPassClippedStep(twin.parameters(), opt_b, max_norm)
+        for step in range(3):
+            x = torch.randn(5, 8, generator=torch.Generator().manual_seed(step))
+            loss = model(x).square().mean()
+            loss.backward()
+            total = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            opt_a.step()
+            opt_a.zero_grad(set_to_none=True)
+            out = twin(x)
+            stepper.step([out], torch.autograd.grad(out.square().mean(), [out]))
+        assert (float(total) > max_norm) == (max_norm < 1)  # the clip did (not) act
+        for p, q in zip(model.parameters(), twin.parameters()):
+            assert torch.equal(p, q) and q.grad is None
+
+
+def test_train_command_line_memory_switches():
+    from salient_background.training.cli import build_parser, config_from_args
+    from salient_background.training.train import TrainConfig
+
+    base = ["train", "--data", "d", "--base-model", "b"]
+    default = config_from_args(build_parser().parse_args(base))
+    assert (default.gradient_checkpointing, default.text_embedding_cache, default.optimizer_in_backward) == \
+        ("off", True, False)
+    lean = config_from_args(build_parser().parse_args(
+        base + ["--gradient-checkpointing", "--no-text-embedding-cache", "--optimizer-in-backward"]))
+    assert (lean.gradient_checkpointing, lean.text_embedding_cache, lean.optimizer_in_backward) == ("all", False, True)
+    some = config_from_args(build_parser().parse_args(base + ["--gradient-checkpointing", "controlnet"]))
+    assert some.gradient_checkpointing == "controlnet"
+    assert TrainConfig(gradient_checkpointing=True).gradient_checkpointing == "all"  # the former boolean
+    with pytest.raises(InputError, match="gradient_checkpointing must be one of off, controlnet, all"):
+        TrainConfig(gradient_checkpointing="sometimes")
+
+
+def test_optimizer_in_backward_refuses_accumulation(tiny_sd, dataset_dir, tmp_path):
+    with pytest.raises(InputError, match="optimizer-in-backward cannot be combined with gradient accumulation"):
+        _train(_config(tiny_sd, dataset_dir, tmp_path / "run", max_train_steps=1, optimizer_in_backward=True,
+                       gradient_accumulation_steps=2))
 
 
 def test_latent_cache_holds_the_vae_posteriors_and_resumes(tiny_sd, dataset_dir, tmp_path):
