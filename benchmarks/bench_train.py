@@ -229,8 +229,7 @@ def main() -> None:
                    help="ours = default settings; ours-cached = --latent-cache (the first cached run builds the "
                         "cache before its first step: see 'start to first step'; later ones reuse it); ours-lean = "
                         "ours-cached + --gradient-checkpointing controlnet --optimizer-in-backward --compact-heap; "
-                        "reference = "
-                        "yahoo's trainer")
+                        "reference = yahoo's trainer")
     p.add_argument("--steps", type=int, default=6, help="optimizer steps per arm (the first --warmup are not timed)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rounds", type=int, default=1,

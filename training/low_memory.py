@@ -25,12 +25,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 import sys
 
 import torch
-
-log = logging.getLogger("salient_background")
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 _MMAP_THRESHOLD_BYTES = 1 << 20
