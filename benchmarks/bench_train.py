@@ -9,7 +9,8 @@ which include the exact caption-embedding cache: the text encoder leaves memory 
 (``--latent-cache``: the VAE posteriors of 4 fixed crops per photo are computed before the first step -- by the first
 cached run of the benchmark, which prints that time as "start to first step"; later cached runs reuse the files --
 and the VAE then leaves memory), ``ours-lean`` (the same plus ``--gradient-checkpointing controlnet
---optimizer-in-backward``: the lowest peak memory) and ``reference``.
+--optimizer-in-backward --compact-heap``, run with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``: the lowest peak memory)
+and ``reference``.
 
 Reference arm: ``train_controlnet.py`` of yahoo/photo-background-generation (the file holding the inpainting
 trainer; the repo's two trainer names are swapped), run from a scratch copy OUTSIDE this repo (never committed):
