@@ -43,3 +43,40 @@ def resolve_dtype(precision, device) -> torch.dtype:
         log.warning("this GPU has no bfloat16 support; running in float16 instead")
         return torch.float16
     return precision
+
+
+def parse_device(name) -> torch.device:
+    """``name`` ("cpu", "cuda", "cuda:1", "mps", a torch.device or None = the default) as a usable device.
+
+    A name torch does not know, or a device this machine does not have, is an :class:`InputError` that says what
+    is available, raised before any model is loaded.
+    """
+    if name is None or name == "":
+        return default_device()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"unknown device {name!r}: use cpu, cuda, cuda:N or mps ({_available_devices()})") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"device {name!r} asked for, but this machine has no usable CUDA GPU; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise InputError(f"device {name!r} does not exist: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise InputError(f"device {name!r} asked for, but Apple's MPS is not available here ({_available_devices()})")
+    elif device.type != "cpu":
+        raise InputError(f"device {name!r} is not supported: use cpu, cuda, cuda:N or mps ({_available_devices()})")
+    return device
+
+
+def _available_devices() -> str:
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("mps")
+    return "available here: " + ", ".join(names)
