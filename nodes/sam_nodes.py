@@ -76,7 +76,10 @@ def load_sam_cached(path: str) -> SamHandle:
 
 
 def _seed_input():
-    return ("INT", {"default": 0, "min": 0, "max": SEED_MAX,
+    # control_after_generate False, said explicitly: ComfyUI's frontend gives an INT named "seed" a
+    # "control after generate" widget (default: randomize) unless the schema says otherwise, which would
+    # change the points, hence the score, on every queue and shift the widget values of saved workflows.
+    return ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": False,
                     "tooltip": "seed of the point sampling (same seed and mask -> same points)"})
 
 
