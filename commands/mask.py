@@ -4,12 +4,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from typing import Optional
 
 from ..models.errors import InputError
+from ..models.item_ids import assign_ids, base_name, colliding_groups
+from .common import ensure_output_dir
+from .files import IMAGE_SUFFIXES, FoundImage, find_images, save_image_atomically
 
 log = logging.getLogger("salient_background")
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def add_parser(subparsers) -> None:
@@ -17,7 +19,9 @@ def add_parser(subparsers) -> None:
         "mask",
         help="salient-object mask (object = white) and RGBA cut-out of images",
         description="Find the salient object in each image with InSPyReNet and write <name>_mask.png "
-                    "(object = white, soft unless --binary) and <name>_cutout.png (RGBA).",
+                    "(object = white, soft unless --binary) and <name>_cutout.png (RGBA). With --output-dir, <name> is the "
+                    "image's path below the folder given (a/x.png -> a__x); names that two inputs share get a "
+                    "suffix (x+<hash>), so no output overwrites another.",
     )
     parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     parser.add_argument("--checkpoint", required=True, help="InSPyReNet checkpoint: ckpt_base.pth (or .safetensors)")
@@ -34,18 +38,31 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def find_images(inputs: list[str]) -> list[str]:
-    found = []
-    for item in inputs:
-        if os.path.isdir(item):
-            for root, _, files in sorted(os.walk(item)):
-                found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_SUFFIXES)]
-        elif os.path.isfile(item):
-            found.append(item)
-        else:
-            raise InputError(f"no such image or folder: {item!r}")
-    # our own outputs are not inputs on a second run
-    return [f for f in found if not f.endswith(("_mask.png", "_cutout.png"))]
+def output_paths(images: list[FoundImage], output_dir: Optional[str]) -> list[tuple[str, str]]:
+    """(mask path, cut-out path) per image: ``<id>_mask.png`` / ``<id>_cutout.png`` with the ids of
+    :mod:`models.item_ids` -- in ``output_dir``, or next to each image (ids made among that folder's images)."""
+    folders = [output_dir or os.path.dirname(os.path.abspath(im.path)) for im in images]
+    ids: dict[tuple[str, str], str] = {}
+    for folder in sorted(set(folders)):
+        group = [im for im, f in zip(images, folders) if f == folder]
+        roots = [im.root if output_dir else None for im in group]
+        assigned = assign_ids((im.identity, base_name(im.path, root)) for im, root in zip(group, roots))
+        for base, identities in colliding_groups(assigned).items():
+            log.warning("%d inputs share the name %r; their outputs get a suffix: %s", len(identities), base,
+                        ", ".join(f"{i} -> {assigned[i]}" for i in identities))
+        ids.update({(folder, identity): item_id for identity, item_id in assigned.items()})
+    return [(os.path.join(f, ids[f, im.identity] + "_mask.png"), os.path.join(f, ids[f, im.identity] + "_cutout.png"))
+            for im, f in zip(images, folders)]
+
+
+def _unique(images: list[FoundImage]) -> list[FoundImage]:
+    """The same file given twice (a folder and a file in it) is done once."""
+    seen, unique = set(), []
+    for im in images:
+        if im.identity not in seen:
+            seen.add(im.identity)
+            unique.append(im)
+    return unique
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,16 +70,20 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from ..models import image_ops
+    from ..models.precision import parse_device, resolve_dtype
     from ..models.salient import load_salient_model
-    from ..models.precision import default_device, resolve_dtype
 
-    images = find_images(args.inputs)
+    images = _unique(find_images(args.inputs))
     if not images:
         raise InputError(f"no images found in {args.inputs} (looked for {', '.join(IMAGE_SUFFIXES)})")
-    device = torch.device(args.device) if args.device else default_device()
-    model = load_salient_model(args.checkpoint, mode=args.mode, device=device, dtype=resolve_dtype(args.precision, device))
+    device = parse_device(args.device)
+    dtype = resolve_dtype(args.precision, device)
+    output_dir = ensure_output_dir(args.output_dir) if args.output_dir else None
+    outputs = output_paths(images, output_dir)
+    model = load_salient_model(args.checkpoint, mode=args.mode, device=device, dtype=dtype)
     failures = 0
-    for index, path in enumerate(images, 1):
+    for index, (found, (mask_path, cutout_path)) in enumerate(zip(images, outputs), 1):
+        path = found.path
         try:
             with Image.open(path) as pil:
                 pil.load()
@@ -75,13 +96,8 @@ def run(args: argparse.Namespace) -> int:
         mask = prediction.maps[0].float().cpu()
         if args.binary:
             mask = (mask >= 0.5).float()
-        out_dir = args.output_dir or os.path.dirname(os.path.abspath(path))
-        os.makedirs(out_dir, exist_ok=True)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        mask_path = os.path.join(out_dir, f"{stem}_mask.png")
-        cutout_path = os.path.join(out_dir, f"{stem}_cutout.png")
-        image_ops.mask_to_pil(mask).save(mask_path)
-        image_ops.cutout_rgba(image[0], mask).save(cutout_path)
+        save_image_atomically(image_ops.mask_to_pil(mask), mask_path)
+        save_image_atomically(image_ops.cutout_rgba(image[0], mask), cutout_path)
         note = " (no salient object: empty mask)" if prediction.empty[0] else ""
         print(f"[{index}/{len(images)}] {path} -> {mask_path}, {cutout_path}{note}")
     return 1 if failures else 0

@@ -15,6 +15,11 @@ A :class:`FrameTransform` is plain data (JSON-serialisable through :meth:`FrameT
 :func:`restore` maps canvas-sized results back to the source size and position (pasting into the original
 when given, so pixels outside the crop box come from it). :func:`apply_pil` does the forward step with PIL
 exactly as the reference does (for command-line use).
+
+The steps that both the ``generate`` command and the ComfyUI nodes take live here once: :func:`choose_transform`
+(fit or crop, from the user's options), :class:`FrameRecord` (the transforms of a batch), :func:`frame_batch`,
+:func:`small_object_warning` (framing left the object too small to be useful) and :func:`crop_to_multiple` (the
+model inputs' size must be a multiple of the VAE's downscale factor).
 """
 from __future__ import annotations
 
@@ -44,12 +49,6 @@ class FrameTransform:
     pad_left: int
     target_h: int
     target_w: int
-
-    @property
-    def is_identity(self) -> bool:
-        return (self.crop_h, self.crop_w, self.scaled_h, self.scaled_w, self.target_h, self.target_w) == (
-            self.src_h, self.src_w, self.src_h, self.src_w, self.src_h, self.src_w
-        )
 
     @property
     def resized(self) -> bool:
@@ -244,14 +243,6 @@ def restore(
     return _back(out, is_mask, ndim)
 
 
-def content_mask(t: FrameTransform) -> torch.Tensor:
-    """[target_h, target_w] mask: 1 where the canvas shows the photo, 0 on the padding."""
-    m = torch.zeros(t.target_h, t.target_w)
-    top, left, bottom, right = t.content_box()
-    m[top:bottom, left:right] = 1.0
-    return m
-
-
 def crop_region_mask(t: FrameTransform) -> torch.Tensor:
     """[src_h, src_w] mask: 1 on the part of the source that the frame covers."""
     m = torch.zeros(t.src_h, t.src_w)
@@ -273,3 +264,89 @@ def apply_pil(image, t: FrameTransform, fill=0):
     canvas = Image.new(im.mode, (t.target_w, t.target_h), fill)
     canvas.paste(im, (t.pad_left, t.pad_top))
     return canvas
+
+
+# ---------------------------------------------------------------------------------------------- shared by CLI and nodes
+FIT, CROP = "fit", "crop"
+FRAME_MODES = (FIT, CROP)
+MIN_OBJECT_SIDE = 64  # px on the canvas; below it the object is too small for SD2 to keep recognisable
+
+
+def choose_transform(
+    h: int, w: int, mode: str, size: Size, *, allow_upscale: bool = False, margin: float = 0.25,
+    object_mask: Optional[torch.Tensor] = None,
+) -> FrameTransform:
+    """The frame of an h x w photo: ``fit`` letterboxes it whole, ``crop`` frames its object (``object_mask``
+    [H,W], 1 = object) with ``margin``. ``allow_upscale``: also enlarge content smaller than the canvas."""
+    if mode == FIT:
+        return fit_transform(h, w, size, allow_upscale=allow_upscale)
+    if mode == CROP:
+        if object_mask is None:
+            raise InputError("framing around the object needs the object's mask")
+        return crop_transform(object_mask, margin, size, allow_upscale=allow_upscale)
+    raise InputError(f"unknown framing mode {mode!r}; one of {', '.join(FRAME_MODES)}")
+
+
+class FrameRecord:
+    """The frames of a batch: one :class:`FrameTransform` per item, or one for all (what a SALIENT_FRAME socket carries)."""
+
+    def __init__(self, transforms: list):
+        self.transforms = list(transforms)
+
+    def for_item(self, i: int):
+        return self.transforms[i] if len(self.transforms) > 1 else self.transforms[0]
+
+    def __repr__(self):
+        return f"FrameRecord({self.transforms!r})"
+
+
+def frame_batch(
+    images: torch.Tensor, masks: Optional[torch.Tensor], mode: str, size: int, *, allow_upscale: bool = False,
+    margin: float = 0.25,
+) -> tuple[torch.Tensor, torch.Tensor, FrameRecord]:
+    """Frame IMAGE [B,H,W,C] and its object MASK [B,H,W] (or None: the framed mask is empty) for the model.
+
+    Returns (framed images, framed masks, record): bicubic for the photo, bilinear for the mask."""
+    b, h, w = images.shape[:3]
+    if mode == FIT:
+        transforms = [choose_transform(h, w, FIT, size, allow_upscale=allow_upscale)]
+    else:
+        if masks is None:
+            raise InputError("framing around the object needs the object's mask")
+        transforms = [choose_transform(h, w, mode, size, allow_upscale=allow_upscale, margin=margin, object_mask=masks[i])
+                      for i in range(b)]
+        if all(t == transforms[0] for t in transforms):
+            transforms = transforms[:1]
+    record = FrameRecord(transforms)
+    out_images = torch.cat([apply(images[i:i + 1], record.for_item(i)) for i in range(b)])
+    if masks is None:
+        out_masks = torch.zeros(b, size, size)
+    else:
+        out_masks = torch.cat([apply(masks[i:i + 1], record.for_item(i), mode="bilinear") for i in range(b)])
+    return out_images, out_masks, record
+
+
+def small_object_warning(framed_mask: torch.Tensor, min_side: int = MIN_OBJECT_SIDE) -> Optional[str]:
+    """A sentence when the object's box on the canvas (``framed_mask`` [H,W], 1 = object) has a side shorter than
+    ``min_side`` pixels (e.g. a 3000x200 photo fitted into 512 becomes a 512x34 strip); None otherwise."""
+    box = object_box(framed_mask)
+    if box is None:
+        return None
+    box_h, box_w = box[2] - box[0], box[3] - box[1]
+    if min(box_h, box_w) >= min_side:
+        return None
+    return (f"after framing, the object is only {box_w}x{box_h} px (WxH) on the {framed_mask.shape[-1]}x"
+            f"{framed_mask.shape[-2]} canvas (under {min_side} px): the result will show little of it; frame it "
+            "around the object (crop) or use a photo with a less extreme aspect ratio")
+
+
+def crop_to_multiple(images: torch.Tensor, masks: torch.Tensor, multiple: int):
+    """Centre-crop [B,H,W,C] images and [B,H,W] masks to multiples of ``multiple`` (as ComfyUI's VAE encode does)."""
+    h, w = images.shape[1], images.shape[2]
+    h8, w8 = (h // multiple) * multiple, (w // multiple) * multiple
+    if h8 == 0 or w8 == 0:
+        raise InputError(f"the image is {w}x{h}; it must be at least {multiple} pixels on each side")
+    if (h8, w8) == (h, w):
+        return images, masks
+    top, left = (h % multiple) // 2, (w % multiple) // 2
+    return images[:, top:top + h8, left:left + w8], masks[:, top:top + h8, left:left + w8]

@@ -25,6 +25,7 @@ from ..models.controlnet_checkpoint import (
     load_controlnet_state_dict,
 )
 from ..models.errors import CheckpointError, InputError
+from ..models.framing import FrameRecord
 from ..models.inpaint_inputs import build_inpaint_inputs, latent_mask
 from . import comfy_glue
 
@@ -150,18 +151,6 @@ class LoadSalientControlNet:
         return (load_salient_controlnet(self.resolve(controlnet)),)
 
 
-def _crop_to_multiple(images: torch.Tensor, masks: torch.Tensor, multiple: int):
-    """Centre-crop [B,H,W,C] images and [B,H,W] masks to multiples of ``multiple`` (as ComfyUI's VAE encode does)."""
-    h, w = images.shape[1], images.shape[2]
-    h8, w8 = (h // multiple) * multiple, (w // multiple) * multiple
-    if h8 == 0 or w8 == 0:
-        raise InputError(f"the image is {w}x{h}; it must be at least {multiple} pixels on each side")
-    if (h8, w8) == (h, w):
-        return images, masks
-    top, left = (h % multiple) // 2, (w % multiple) // 2
-    return images[:, top:top + h8, left:left + w8], masks[:, top:top + h8, left:left + w8]
-
-
 class SalientControlNetConditioning:
     @classmethod
     def INPUT_TYPES(cls):
@@ -206,7 +195,7 @@ class SalientControlNetConditioning:
         masks = image_ops.match_mask_to_images(object_mask, images, what="object_mask")
         ratio = getattr(vae, "downscale_ratio", 8)
         ratio = ratio if isinstance(ratio, int) else 8
-        images, masks = _crop_to_multiple(images, masks, ratio)
+        images, masks = framing.crop_to_multiple(images, masks, ratio)
         inputs = build_inpaint_inputs(images, masks, layout="BHWC")
         concat_latent = vae.encode(inputs.masked_image_bhwc01())
         orig_latent = vae.encode(images)
@@ -225,20 +214,8 @@ class SalientControlNetConditioning:
         return (positive, negative, latent)
 
 
-class FrameRecord:
-    """What travels on a SALIENT_FRAME socket: one :class:`FrameTransform` per batch item (or one for all)."""
-
-    def __init__(self, transforms: list):
-        self.transforms = list(transforms)
-
-    def for_item(self, i: int):
-        return self.transforms[i] if len(self.transforms) > 1 else self.transforms[0]
-
-    def __repr__(self):
-        return f"FrameRecord({self.transforms!r})"
-
-
 FRAME_MODES = ["letterbox", "crop around object"]
+_FRAMING_MODE = {"letterbox": framing.FIT, "crop around object": framing.CROP}
 
 
 class FrameForSD2:
@@ -268,25 +245,19 @@ class FrameForSD2:
     DESCRIPTION = "Fits the photo (and its object mask) into SD2's square canvas and remembers how, for Restore Frame."
 
     def frame(self, image, mode="letterbox", size=512, upscale_small=False, margin=0.25, object_mask=None):
-        images = image_ops.as_rgb_images(image, what="image")
-        b, h, w = images.shape[:3]
-        masks = None if object_mask is None else image_ops.match_mask_to_images(object_mask, images, what="object_mask")
-        if mode == "letterbox":
-            transforms = [framing.fit_transform(h, w, size, allow_upscale=upscale_small)]
-        elif mode == "crop around object":
-            if masks is None:
-                raise InputError("'crop around object' needs the object_mask input")
-            transforms = [framing.crop_transform(masks[i], margin, size, allow_upscale=upscale_small) for i in range(b)]
-            if all(t == transforms[0] for t in transforms):
-                transforms = transforms[:1]
-        else:
+        if mode not in _FRAMING_MODE:
             raise InputError(f"unknown mode {mode!r}; one of {FRAME_MODES}")
-        record = FrameRecord(transforms)
-        out_images = torch.cat([framing.apply(images[i:i + 1], record.for_item(i)) for i in range(b)])
-        if masks is None:
-            out_masks = torch.zeros(b, size, size)
-        else:
-            out_masks = torch.cat([framing.apply(masks[i:i + 1], record.for_item(i), mode="bilinear") for i in range(b)])
+        if mode == "crop around object" and object_mask is None:
+            raise InputError("'crop around object' needs the object_mask input")
+        images = image_ops.as_rgb_images(image, what="image")
+        masks = None if object_mask is None else image_ops.match_mask_to_images(object_mask, images, what="object_mask")
+        out_images, out_masks, record = framing.frame_batch(
+            images, masks, _FRAMING_MODE[mode], size, allow_upscale=upscale_small, margin=margin)
+        if masks is not None:
+            for i in range(out_masks.shape[0]):
+                warning = framing.small_object_warning(out_masks[i])
+                if warning:
+                    log.warning("Frame for SD2, item %d: %s", i, warning)
         return (out_images, out_masks, record)
 
 
