@@ -22,7 +22,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument(
         "what", nargs="*", metavar="what",
-        help="what to fetch (default: 'default'): " + ", ".join(n.replace("_", "-") for n in selection_names()),
+        help="what to fetch (default: 'default'): " + ", ".join(selection_names()),
     )
     parser.add_argument("--models-dir", help="ComfyUI's models folder (or any folder; files go to DIR/<folder>/)")
     parser.add_argument("--comfyui", help="a ComfyUI folder (default: the one around the pack, else $COMFYUI_PATH)")
@@ -47,14 +47,14 @@ def _check_text(m) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..models import downloader
     from ..models.model_paths import discover
-    from ..models.model_registry import MODEL_FILES, render_markdown_table, select
+    from ..models.model_registry import MODEL_FILES, cli_name, render_markdown_table, select
 
     if args.markdown:
         print(render_markdown_table())
         return 0
     if args.list:
         for m in MODEL_FILES:
-            print(f"{m.key:20} {m.folder + '/' + m.filename:62} {m.display_size():>10}  {m.licence:26} "
+            print(f"{cli_name(m.key):20} {m.folder + '/' + m.filename:62} {m.display_size():>10}  {m.licence:26} "
                   f"{_check_text(m)}\n{'':20} {m.urls[0]}")
         return 0
 
@@ -78,17 +78,49 @@ def run(args: argparse.Namespace) -> int:
         print(f"total to fetch: {'about ' if approx else ''}{total / 1e9:.2f} GB")
         return 0
 
-    errors = []
+    failed = []
     for entry in entries:
         try:
             (outcome,) = downloader.ensure([entry], locations, progress=not args.quiet)
         except downloader.DownloadError as exc:
-            errors.append(str(exc))
-            print(f"FAILED: {exc}", file=sys.stderr)
+            if exc.entry is None:  # a local problem (disk, corrupt file): its message is the whole story
+                print(f"FAILED: {exc}", file=sys.stderr)
+            failed.append(exc)
             continue
         word = "already present" if outcome.status == "present" else "downloaded"
         note = "verified" if outcome.verified else "UNVERIFIED: no published checksum"
         print(f"{word:16} {outcome.path}  ({note})")
-    if errors:
-        raise downloader.DownloadError(f"{len(errors)} of {len(entries)} file(s) could not be fetched (see above).")
+    if failed:
+        _report_failures([e for e in failed if e.entry is not None])
+        raise downloader.DownloadError(f"{len(failed)} of {len(entries)} file(s) could not be fetched (see above).")
     return 0
+
+
+def _report_failures(errors) -> None:
+    """Files no URL could deliver: each distinct cause once (with the files it hit), one table of file, URL and
+    destination, and the advice once, instead of one long paragraph per file repeating it all."""
+    from urllib.parse import urlparse
+
+    from ..models.downloader import network_advice
+
+    if not errors:
+        return
+    advice = list(dict.fromkeys(network_advice(u).strip() for exc in errors for u in exc.entry.urls))
+    causes: dict[str, list[str]] = {}
+    for exc in errors:
+        for text in exc.failures:
+            for tip in advice:
+                text = text.replace(tip, "").replace(tip.rstrip("."), "")
+            for url in exc.entry.urls:  # the table lists the URLs; the cause names the host
+                text = text.replace(url, urlparse(url).netloc)
+            causes.setdefault(text.strip().rstrip(". "), []).append(exc.entry.basename)
+    print(f"FAILED: {len(errors)} file(s) could not be fetched:", file=sys.stderr)
+    for cause, names in causes.items():
+        print(f"  {cause} ({', '.join(dict.fromkeys(names))})", file=sys.stderr)
+    rows = [("file", "URL", "destination")] + [(e.entry.basename, e.entry.urls[0], e.target) for e in errors]
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    print("Manual alternative: download each URL below in a browser and save it as its destination.", file=sys.stderr)
+    for name, url, target in rows:
+        print(f"  {name:{widths[0]}}  {url:{widths[1]}}  {target}", file=sys.stderr)
+    for tip in advice:
+        print(tip, file=sys.stderr)

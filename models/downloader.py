@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from .errors import UserFacingError
 from .model_paths import ModelLocations, installed_in, installed_path
-from .model_registry import ModelFile, download_command, human_size, lookup
+from .model_registry import ModelFile, human_size, lookup, manual_alternative, where_to_get
 
 AUTO_DOWNLOAD_ENV = "SALIENT_BG_AUTO_DOWNLOAD"
 USER_AGENT = "salient-background-downloader/1 (+python urllib)"
@@ -36,7 +36,15 @@ CHUNK = 1 << 20
 
 
 class DownloadError(UserFacingError):
-    """A download that failed; the message includes the manual alternative."""
+    """A download that failed; the message includes the manual alternative.
+
+    When the file could not be fetched from any of its URLs, ``entry``, ``target`` (its final path) and
+    ``failures`` (what went wrong with each URL) let a caller list several failures as one table."""
+
+    def __init__(self, message: str, *, entry: ModelFile | None = None, target: str | None = None,
+                 failures: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.entry, self.target, self.failures = entry, target, tuple(failures)
 
 
 @dataclass
@@ -52,32 +60,23 @@ def auto_download_enabled() -> bool:
     return os.environ.get(AUTO_DOWNLOAD_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def manual_alternative(entry: ModelFile, target_dir: str | None = None) -> str:
-    where = os.path.join(target_dir, *entry.filename.split("/")) if target_dir else (
-        f"ComfyUI/models/{entry.folder}/{entry.filename}"
-    )
-    return f"Manual alternative: download {entry.urls[0]} in a browser and save it as {where}."
-
-
 def missing_model_message(key_or_filename: str, searched_folders, *, command_args: str = "") -> str:
-    """Text for a node's or command's missing-file error: which file, where it looked, and the exact command."""
+    """Text for a node's or command's missing-file error: which file, where it looked, and where to get it (the
+    registry's :func:`model_registry.where_to_get`, the one source of that hint)."""
     searched = [s for s in (searched_folders or []) if s]
     looked = ", ".join(searched) if searched else "(no model folder known)"
     entries = lookup(key_or_filename)
     if not entries:
         return (
-            f"model file {key_or_filename!r} not found. Looked in: {looked}. It is not one of the pack's published "
-            "files: put it in one of those folders (or pass a full path). "
-            "`python -m salient_background download --list` lists the published ones."
+            f"model file {key_or_filename!r} not found. Looked in: {looked}. Put it in one of those folders (or pass "
+            f"a full path). {where_to_get(entries)}"
         )
     what = "; ".join(f"{m.filename} ({m.title}, {m.display_size()})" for m in entries)
     target = searched[0] if searched else None
-    manual = "; ".join(manual_alternative(m, target).replace("Manual alternative: ", "").rstrip(".") for m in entries)
     return (
         f"model file {key_or_filename!r} not found: {what}. Looked in: {looked}. "
-        f"Get it with: {download_command(entries)}{' ' + command_args if command_args else ''}"
-        f"{'' if command_args else ' (add --models-dir DIR if ComfyUI is not around the pack)'}, "
-        f"or set {AUTO_DOWNLOAD_ENV}=1 to let the node fetch it on first use. Manual alternative: {manual}."
+        f"{where_to_get(entries, target_dir=target, command_args=command_args)} "
+        f"Or set {AUTO_DOWNLOAD_ENV}=1 to let the node fetch it on first use."
     )
 
 
@@ -170,7 +169,8 @@ class _Retryable(Exception):
     """Connection lost mid-transfer: resume."""
 
 
-def _proxy_note(url: str) -> str:
+def network_advice(url: str) -> str:
+    """The proxy hint every network failure ends with (the same for every URL of one scheme)."""
     proxies = urllib.request.getproxies()
     scheme = url.split(":", 1)[0]
     proxy = proxies.get(scheme) or proxies.get("all")
@@ -196,17 +196,24 @@ def _explain(exc: BaseException, url: str) -> str:
         return f"HTTP {code} ({exc.reason}) from {url}."
     reason = getattr(exc, "reason", exc)
     if isinstance(reason, socket.gaierror) or isinstance(exc, socket.gaierror):
-        return f"no network: cannot resolve the host of {url} ({reason})." + _proxy_note(url)
+        return f"no network: cannot resolve the host of {url} ({reason})." + network_advice(url)
     if isinstance(reason, (TimeoutError, socket.timeout)) or isinstance(exc, (TimeoutError, socket.timeout)):
-        return f"the connection to {url} timed out." + _proxy_note(url)
+        return f"the connection to {url} timed out." + network_advice(url)
     if isinstance(reason, ConnectionRefusedError):
-        return f"the connection to {url} was refused ({reason})." + _proxy_note(url)
-    if isinstance(reason, ssl.SSLError):
-        return (f"TLS/SSL error talking to {url} ({reason}); a proxy that intercepts HTTPS needs its certificate "
+        return f"the connection to {url} was refused ({reason})." + network_advice(url)
+    if isinstance(reason, ssl.SSLError) or isinstance(exc, ssl.SSLError):
+        return (f"{_describe(reason if isinstance(reason, ssl.SSLError) else exc)} talking to {url}; a proxy that intercepts HTTPS needs its certificate "
                 "installed for Python (SSL_CERT_FILE).")
     if isinstance(reason, OSError) and reason.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
-        return f"no network: {url} is unreachable ({reason})." + _proxy_note(url)
-    return f"could not download {url}: {type(exc).__name__}: {reason}." + _proxy_note(url)
+        return f"no network: {url} is unreachable ({reason})." + network_advice(url)
+    return f"could not download {url}: {type(exc).__name__}: {reason}." + network_advice(url)
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as a short phrase; a TLS error is named as one (its bare text can read like a disk error)."""
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS/SSL error ({getattr(exc, 'reason', None) or exc})"
+    return str(exc) or type(exc).__name__
 
 
 def _disk_error(exc: OSError, target_dir: str, entry: ModelFile) -> str:
@@ -275,8 +282,10 @@ def _transfer(url: str, part: str, entry: ModelFile, *, timeout: float, opener, 
                 while True:
                     try:
                         block = response.read(CHUNK)
-                    except (http.client.IncompleteRead, ConnectionError, socket.timeout, TimeoutError) as exc:
-                        raise _Retryable(f"connection lost after {start + received} bytes: {exc}") from exc
+                    except (http.client.HTTPException, OSError) as exc:
+                        # reading the body fails only on the network side (a TLS record error is an OSError with
+                        # errno 1, not a permission problem of the disk): resume
+                        raise _Retryable(f"connection lost after {start + received} bytes: {_describe(exc)}") from exc
                     if not block:
                         break
                     out.write(block)
@@ -348,10 +357,9 @@ def download_entry(
                            "" if entry.verified else "no published checksum: unverified")
         _remove(part)
         failures.append(f"checksum mismatch for the data from {url} ({problem}); the corrupt download was removed")
-    raise DownloadError(
-        f"could not fetch {entry.filename} ({entry.title}): " + " | ".join(f.rstrip(". ") for f in failures)
-        + f". {manual_alternative(entry, target_dir)}"
-    )
+    reason = f"could not fetch {entry.filename} ({entry.title}): " + " | ".join(f.rstrip(". ") for f in failures)
+    raise DownloadError(f"{reason}. {manual_alternative(entry, target_dir)}", entry=entry, target=final,
+                        failures=failures)
 
 
 def _fetch_from(url, part, final, entry, target_dir, *, retries, timeout, opener, progress, log) -> str | None:
@@ -371,7 +379,8 @@ def _fetch_from(url, part, final, entry, target_dir, *, retries, timeout, opener
         except DownloadError as exc:
             _remove(part)
             return str(exc)
-        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError) as exc:
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError,
+                ssl.SSLError) as exc:
             return _explain(exc, url)
         except OSError as exc:  # writing the file: not the host's fault, other URLs would fail the same way
             kept = f" The partial file {part} is kept; the next run resumes it." if os.path.exists(part) else ""

@@ -12,6 +12,7 @@ row says which. Anything not stated publicly is ``None`` and the downloader repo
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 # ComfyUI model folder name -> default sub-folder of ComfyUI/models (what nodes/ registers with folder_paths)
@@ -461,9 +462,15 @@ ALIASES: dict[str, tuple[str, ...]] = {
 DEFAULT_SELECTION = ("default",)
 
 
+def cli_name(name: str) -> str:
+    """How every message and ``download --help`` spell a name: dashes (``sam-vit-h``), never underscores.
+    (:func:`select` accepts both.)"""
+    return name.replace("_", "-")
+
+
 def selection_names() -> list[str]:
-    """Every name :func:`select` accepts, for help texts."""
-    return sorted(set(GROUPS) | set(ALIASES) | set(BY_KEY))
+    """Every name :func:`select` accepts, spelled as the command line shows them (:func:`cli_name`)."""
+    return sorted({cli_name(n) for n in set(GROUPS) | set(ALIASES) | set(BY_KEY)})
 
 
 def select(names) -> list[ModelFile]:
@@ -513,7 +520,41 @@ def download_command(entries) -> str:
         name = m.group if all(k in keys for k in group) else m.key
         if name not in names:
             names.append(name)
-    return "python -m salient_background download " + " ".join(n.replace("_", "-") for n in names)
+    return "python -m salient_background download " + " ".join(cli_name(n) for n in names)
+
+
+def _entries(names_or_entries) -> list[ModelFile]:
+    if isinstance(names_or_entries, (str, ModelFile)):
+        names_or_entries = [names_or_entries]
+    entries: list[ModelFile] = []
+    for item in names_or_entries:
+        for m in [item] if isinstance(item, ModelFile) else lookup(item):
+            if m not in entries:
+                entries.append(m)
+    return entries
+
+
+def manual_alternative(names_or_entries, target_dir: str | None = None) -> str:
+    """"Manual alternative: download <URL> in a browser and save it as <path>." for each file (``target_dir`` is
+    the model folder it goes in; without it, the default ComfyUI/models/<folder>)."""
+    steps = []
+    for m in _entries(names_or_entries):
+        where = (os.path.join(target_dir, *m.filename.split("/")) if target_dir
+                 else f"ComfyUI/models/{m.folder}/{m.filename}")
+        steps.append(f"download {m.urls[0]} in a browser and save it as {where}")
+    return "Manual alternative: " + "; ".join(steps) + "."
+
+
+def where_to_get(names_or_entries, *, target_dir: str | None = None, command_args: str = "") -> str:
+    """The one "where to get this file" hint of the pack, for published files (registry keys, groups, aliases, file
+    names or rows): the exact download command, then the manual alternative. Every message that tells a person
+    where a model file comes from is built here, so the table above is the only place URLs and names live."""
+    entries = _entries(names_or_entries)
+    if not entries:
+        return ("It is not one of the pack's published files; `python -m salient_background download --list` "
+                "lists those.")
+    extra = f" {command_args}" if command_args else " (add --models-dir DIR if ComfyUI is not around the pack)"
+    return f"Get it with: {download_command(entries)}{extra}. {manual_alternative(entries, target_dir)}"
 
 
 def _check_cell(files) -> str:

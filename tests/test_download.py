@@ -10,9 +10,11 @@ import io
 import os
 import re
 import socket
+import ssl
 import sys
 import types
 import urllib.error
+import urllib.request
 
 import pytest
 
@@ -124,6 +126,56 @@ def test_second_url_is_used_when_the_first_fails(server, tmp_path):
     entry = make_entry(server.url("/missing.pth"), urls=(server.url("/missing.pth"), server.url("/files/model.pth")))
     outcome, _ = fetch(entry, tmp_path)
     assert outcome.status == "downloaded" and (tmp_path / "model.pth").read_bytes() == PAYLOAD
+
+
+class TlsBreaksMidBody:
+    """An opener whose responses from ``broken`` paths raise ``ssl.SSLError`` (errno 1, as a TLS record error does)
+    after ``after`` bytes of the body, ``times`` times in all; other responses pass through."""
+
+    def __init__(self, broken: str, after: int, times: int):
+        self.inner = urllib.request.build_opener()
+        self.broken, self.after, self.times = broken, after, times
+
+    def open(self, request, timeout=None):
+        response = self.inner.open(request, timeout=timeout)
+        if self.times > 0 and request.full_url.endswith(self.broken):
+            self.times -= 1
+            read, sent = response.read, [0]
+
+            def broken_read(n=-1):
+                if sent[0] >= self.after:
+                    raise ssl.SSLError(1, "[SSL: DECRYPTION_FAILED_OR_BAD_RECORD_MAC] decryption failed or bad record mac")
+                block = read(min(n, self.after - sent[0]) if n and n > 0 else self.after - sent[0])
+                sent[0] += len(block)
+                return block
+
+            response.read = broken_read
+        return response
+
+
+def test_tls_error_mid_body_is_a_network_error_retried_with_a_range_request(server, tmp_path):
+    opener = TlsBreaksMidBody("/files/model.pth", after=200_000, times=1)
+    outcome, messages = fetch(make_entry(server.url("/files/model.pth")), tmp_path, opener=opener)
+    assert outcome.status == "downloaded" and (tmp_path / "model.pth").read_bytes() == PAYLOAD
+    assert server.requests == [("/files/model.pth", None), ("/files/model.pth", "bytes=200000-")]
+    assert any("TLS/SSL error" in m and "resuming" in m for m in messages)
+    assert not any("cannot write" in m for m in messages)
+
+
+def test_tls_error_that_persists_sends_the_download_to_the_mirror(server, tmp_path):
+    server.files["/mirror/model.pth"] = PAYLOAD
+    opener = TlsBreaksMidBody("/files/model.pth", after=100_000, times=99)
+    entry = make_entry(server.url("/files/model.pth"), urls=(server.url("/files/model.pth"), server.url("/mirror/model.pth")))
+    outcome, _ = fetch(entry, tmp_path, opener=opener, retries=2)
+    assert outcome.status == "downloaded" and (tmp_path / "model.pth").read_bytes() == PAYLOAD
+    assert [p for p, _ in server.requests] == ["/files/model.pth"] * 3 + ["/mirror/model.pth"]
+    # and when no URL is left, the message is about the network, not about the folder
+    opener = TlsBreaksMidBody("/files/model.pth", after=100_000, times=99)
+    (tmp_path / "model.pth").unlink()
+    with pytest.raises(downloader.DownloadError) as info:
+        fetch(make_entry(server.url("/files/model.pth")), tmp_path, opener=opener, retries=1)
+    assert "TLS/SSL error" in str(info.value) and "cannot write" not in str(info.value)
+    assert "choose a writable folder" not in str(info.value).lower()
 
 
 def test_existing_good_file_is_not_fetched_again(server, tmp_path):
@@ -503,6 +555,51 @@ def test_cli_entry_point(capsys, tmp_path):
     assert capsys.readouterr().out.strip() == model_registry.render_markdown_table()
     assert main(["download", "sam-vit-x", "--models-dir", str(tmp_path), "--dry-run"]) == 2
     assert "unknown model name(s): sam-vit-x" in capsys.readouterr().err
+
+
+def test_names_are_spelled_as_help_shows_them_in_every_message(capsys, tmp_path):
+    from salient_background.cli import build_parser, main
+
+    assert main(["download", "sam-vit-x", "--models-dir", str(tmp_path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "sam-vit-h" in err and "sam_vit_h" not in err and "inspyrenet_base" not in err
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    help_text = subparsers.choices["download"].format_help()
+    assert "sam-vit-h" in help_text and "sam_vit_h," not in help_text
+    assert main(["download", "--list"]) == 0
+    listing = capsys.readouterr().out
+    assert re.search(r"^sam-vit-h ", listing, flags=re.M) and not re.search(r"^sam_vit_h ", listing, flags=re.M)
+    text = downloader.missing_model_message("sam_vit_h", ["/c/models/sams"])
+    assert "download sam-vit-h" in text and "sam_vit_h " not in text
+
+
+def test_offline_download_prints_one_table_and_the_advice_once(monkeypatch, tmp_path, capsys):
+    from salient_background.cli import main
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there: every host is unreachable
+    rows = tuple(dataclasses.replace(m, urls=tuple(u.replace("https://", f"http://127.0.0.1:{port}/") for u in m.urls))
+                 for m in MODEL_FILES)
+    monkeypatch.setattr(model_registry, "MODEL_FILES", rows)
+    monkeypatch.setattr(model_registry, "BY_KEY", {m.key: m for m in rows})
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
+    monkeypatch.delenv("http_proxy", raising=False)
+    assert main(["download", "default", "--models-dir", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    wanted = model_registry.select(["default"])
+    assert err.count("HTTPS_PROXY") == 1 and err.count("Manual alternative") == 1
+    header = next(line for line in err.splitlines() if line.split() == ["file", "URL", "destination"])
+    table = err.splitlines()[err.splitlines().index(header) + 1:][:len(wanted)]
+    for m, line in zip(wanted, table):
+        target = os.path.join(str(tmp_path), m.folder, *m.filename.split("/"))
+        assert line.split() == [m.basename, m.urls[0], target]
+        assert err.count(m.urls[0]) == 1 and err.count(target) == 1
+    assert "was refused" in err and err.strip().endswith("could not be fetched (see above).")
+    assert len(err) < 3000  # was ~15 paragraphs of ~600 characters
 
 
 @pytest.mark.parametrize("with_tqdm", [True, False])
