@@ -83,7 +83,6 @@ def test_pyproject_has_what_the_comfy_registry_needs():
     assert project["name"] == "salient-background"
     for key in ("version", "description", "license", "requires-python", "classifiers"):
         assert project.get(key), key
-    assert project["urls"]["Repository"]
     comfy = data["tool"]["comfy"]
     assert comfy["PublisherId"] and comfy["DisplayName"] == "Salient Background" and "Icon" in comfy
     assert not any(dep.split("=")[0].split(">")[0].split("<")[0].strip().lower() == "torch"
@@ -91,6 +90,9 @@ def test_pyproject_has_what_the_comfy_registry_needs():
     with open(os.path.join(REPO_ROOT, "requirements.txt")) as handle:
         lines = [line.strip() for line in handle if line.strip() and not line.startswith("#")]
     assert not any(line.lower().startswith("torch") and not line.lower().startswith("torchvision") for line in lines)
+    # requirements.txt (for a plain `pip install -r` in a ComfyUI install) lists what pyproject.toml declares
+    assert sorted(lines) == sorted(project["dependencies"])
+    assert {"pyyaml", "filelock"} <= set(lines)
 
 
 def test_readme_test_command_is_what_ci_runs():
