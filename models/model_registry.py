@@ -438,6 +438,10 @@ GROUPS: dict[str, tuple[str, ...]] = {}
 for _m in MODEL_FILES:
     GROUPS.setdefault(_m.group, ())
     GROUPS[_m.group] += (_m.key,)
+# the diffusers folder's config and tokenizer files, without its weights (see models/pipeline.py SI2_CONFIG_FILES)
+SI2_CONFIG_KEYS: tuple[str, ...] = tuple(
+    k for k in GROUPS["si2_diffusers"] if not BY_KEY[k].filename.endswith(".safetensors")
+)
 ALIASES: dict[str, tuple[str, ...]] = {
     "sd2": GROUPS["sd2_inpainting"],
     "checkpoint": GROUPS["sd2_inpainting"],
@@ -448,6 +452,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "vit_l": GROUPS["sam_vit_l"],
     "vit_h": GROUPS["sam_vit_h"],
     "sd2_diffusers": GROUPS["si2_diffusers"],
+    # the small files of the diffusers folder (~1.6 MB) that let the command line read the single-file checkpoint
+    "sd2_configs": SI2_CONFIG_KEYS,
     # what each job needs
     "mask": GROUPS["inspyrenet_base"],
     # the command line's generate (+ evaluate's expansion score): SD2 as a diffusers folder
@@ -458,6 +464,9 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "default": GROUPS["sd2_inpainting"] + GROUPS["controlnet"] + GROUPS["inspyrenet_base"] + GROUPS["inspyrenet_fast"]
     + GROUPS["sam_vit_b"],
     "all": tuple(m.key for m in MODEL_FILES),
+    # `python -m salient_background demo`: the single file ComfyUI uses + its configs (not the 5 GB diffusers copy)
+    "demo": GROUPS["sd2_inpainting"] + SI2_CONFIG_KEYS + GROUPS["controlnet"] + GROUPS["inspyrenet_base"]
+    + GROUPS["sam_vit_b"],
 }
 DEFAULT_SELECTION = ("default",)
 

@@ -8,8 +8,9 @@ Writes into <out_dir> (skipped when <out_dir>/DONE matches this script's version
 
 * ``sd2_inpainting_random.safetensors`` -- a single-file SD2-inpainting checkpoint in the released layout
   (``model.diffusion_model.*`` 9-input-channel UNet, ``first_stage_model.*`` VAE, ``cond_stage_model.model.*``
-  OpenCLIP ViT-H text tower), fp16, every tensor random (norm scales 1 + noise); the key names come from ComfyUI's
-  own modules built on the meta device;
+  OpenCLIP ViT-H text tower), fp16, every tensor random (norm scales 1 + noise); the UNet's and VAE's key names
+  come from ComfyUI's own modules built on the meta device, the prefixes and the text tower's keys from
+  ``sb_testkit.sd_single_file`` (which writes the tiny version of this file for tests/test_single_file.py);
 * ``sd2_base_random.safetensors`` -- the same with a 4-channel UNet input (an ordinary SD2 model);
 * the salient ControlNet (diffusers ``ControlNetModel`` with the paper's config, every tensor random, fp16) in each
   released form: ``photo-background-generation/controlnet/`` (HF pipeline layout), ``controlnet-diffusers/`` (bare
@@ -37,23 +38,6 @@ SD2_UNET = dict(
 )
 SD_VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
           "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
-
-
-def openclip_h_text_shapes() -> dict[str, list[int]]:
-    """The text tower of OpenCLIP ViT-H/14 as SD2 checkpoints store it under cond_stage_model.model."""
-    w, layers, vocab, ctx = 1024, 24, 49408, 77
-    shapes = {"positional_embedding": [ctx, w], "text_projection": [w, w], "logit_scale": [],
-              "token_embedding.weight": [vocab, w], "ln_final.weight": [w], "ln_final.bias": [w]}
-    for i in range(layers):
-        p = f"transformer.resblocks.{i}."
-        shapes.update({
-            p + "ln_1.weight": [w], p + "ln_1.bias": [w], p + "ln_2.weight": [w], p + "ln_2.bias": [w],
-            p + "attn.in_proj_weight": [3 * w, w], p + "attn.in_proj_bias": [3 * w],
-            p + "attn.out_proj.weight": [w, w], p + "attn.out_proj.bias": [w],
-            p + "mlp.c_fc.weight": [4 * w, w], p + "mlp.c_fc.bias": [4 * w],
-            p + "mlp.c_proj.weight": [w, 4 * w], p + "mlp.c_proj.bias": [w],
-        })
-    return shapes
 
 
 def random_tensor(name: str, shape, gen, std: float = 0.02):
@@ -85,13 +69,15 @@ def main() -> None:
     import comfy.ldm.modules.diffusionmodules.openaimodel as openaimodel
     import comfy.ops
 
+    from sb_testkit.sd_single_file import TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX, openclip_text_shapes
+
     gen = torch.Generator().manual_seed(20240416)
     with torch.device("meta"):
         unet = openaimodel.UNetModel(**SD2_UNET, operations=comfy.ops.disable_weight_init, device="meta")
         vae = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=SD_VAE, embed_dim=4)
-    shapes = {f"model.diffusion_model.{k}": list(v.shape) for k, v in unet.state_dict().items()}
-    shapes.update({f"first_stage_model.{k}": list(v.shape) for k, v in vae.state_dict().items()})
-    shapes.update({f"cond_stage_model.model.{k}": v for k, v in openclip_h_text_shapes().items()})
+    shapes = {UNET_PREFIX + k: list(v.shape) for k, v in unet.state_dict().items()}
+    shapes.update({VAE_PREFIX + k: list(v.shape) for k, v in vae.state_dict().items()})
+    shapes.update({TEXT_PREFIX + k: v for k, v in openclip_text_shapes().items()})  # OpenCLIP ViT-H/14
     del unet, vae
     state = {k: random_tensor(k, s, gen) for k, s in shapes.items()}
     save_file(state, os.path.join(out, "sd2_inpainting_random.safetensors"))
