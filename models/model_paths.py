@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+import yaml
+
 from .errors import UserFacingError
 from .model_registry import FOLDER_DEFAULT_SUBDIRS
 
@@ -43,72 +45,7 @@ def find_comfyui_root(pack_root: str = PACK_ROOT) -> str | None:
 # ---------------------------------------------------------------------------------------------- extra_model_paths
 def _load_yaml(path: str):
     with open(path, encoding="utf-8") as fh:
-        text = fh.read()
-    try:
-        import yaml  # ComfyUI depends on PyYAML; so do transformers and accelerate
-    except ImportError:
-        return _parse_simple_yaml(text)
-    return yaml.safe_load(text)
-
-
-def _unquote(value: str) -> str:
-    value = value.strip()
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        return value[1:-1]
-    return value
-
-
-def _strip_comment(line: str) -> str:
-    # a '#' starts a comment at the line start or after a space (as in YAML); quoted values are left alone
-    out, quote = [], None
-    for i, ch in enumerate(line):
-        if quote:
-            if ch == quote:
-                quote = None
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "#" and (i == 0 or line[i - 1] in " \t"):
-            break
-        out.append(ch)
-    return "".join(out).rstrip()
-
-
-def _parse_simple_yaml(text: str) -> dict:
-    """The subset of YAML that extra_model_paths.yaml files use: two levels of ``key: value`` plus ``|``/``>``
-    blocks (one path per line). Used only when PyYAML is missing."""
-    config: dict = {}
-    section = None
-    block_key = block_indent = None
-    for raw in text.splitlines():
-        if block_key is not None:
-            stripped = raw.strip()
-            indent = len(raw) - len(raw.lstrip())
-            if not stripped or indent > block_indent:
-                if stripped:
-                    section[block_key] += stripped + "\n"
-                continue
-            block_key = None
-        line = _strip_comment(raw)
-        if not line.strip():
-            continue
-        indent = len(line) - len(line.lstrip())
-        key, sep, value = line.strip().partition(":")
-        if not sep:
-            continue
-        key, value = _unquote(key), value.strip()
-        if indent == 0:
-            section = {} if not value else None
-            config[key] = section
-            continue
-        if section is None:
-            continue
-        if value in ("|", ">", "|-", ">-", "|+", ">+"):
-            section[key], block_key, block_indent = "", key, indent
-        elif value.lower() in ("true", "false"):
-            section[key] = value.lower() == "true"
-        else:
-            section[key] = _unquote(value)
-    return config
+        return yaml.safe_load(fh)  # as ComfyUI's utils/extra_config.py reads it
 
 
 def read_extra_model_paths(yaml_path: str) -> list[tuple[str, str, bool]]:
@@ -117,8 +54,11 @@ def read_extra_model_paths(yaml_path: str) -> list[tuple[str, str, bool]]:
         config = _load_yaml(yaml_path)
     except OSError as exc:
         raise UserFacingError(f"cannot read {yaml_path!r}: {exc}") from exc
-    except Exception as exc:  # yaml.YAMLError and friends
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UserFacingError(f"{yaml_path!r} is not valid YAML: {exc}") from exc
+    if config is not None and not isinstance(config, dict):
+        raise UserFacingError(f"{yaml_path!r} does not hold sections of model folders (its top level is a "
+                              f"{type(config).__name__}, not 'name: ...' entries)")
     yaml_dir = os.path.dirname(os.path.abspath(yaml_path))
     entries = []
     for conf in (config or {}).values():

@@ -294,12 +294,7 @@ empty:
 """
 
 
-@pytest.mark.parametrize("parser", ["pyyaml", "builtin"])
-def test_extra_model_paths_yaml_is_honoured(tmp_path, monkeypatch, parser):
-    if parser == "builtin":
-        monkeypatch.setattr(model_paths, "_load_yaml", lambda p: model_paths._parse_simple_yaml(open(p).read()))
-    else:
-        pytest.importorskip("yaml")
+def test_extra_model_paths_yaml_is_honoured(tmp_path):
     root, pack = _comfy_tree(tmp_path)
     base = tmp_path / "central"
     (root / "extra_model_paths.yaml").write_text(EXTRA_YAML.format(base=base))
