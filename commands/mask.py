@@ -66,7 +66,6 @@ def _unique(images: list[FoundImage]) -> list[FoundImage]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from PIL import Image
 
     from ..models import image_ops

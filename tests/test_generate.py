@@ -112,6 +112,7 @@ def test_generate_from_manifest_with_salient_masks(tiny_sd, tmp_path, monkeypatc
             return salient.SalientPrediction(maps=maps, raw_max=torch.ones(images.shape[0]), empty=[False] * images.shape[0])
 
     monkeypatch.setattr(salient, "load_salient_model", lambda *a, **k: StubSegmenter())
+    (tmp_path / "ckpt_base.pth").write_bytes(b"")  # named files must exist (checked before any model loads)
     manifest = tmp_path / "jobs.csv"
     with open(manifest, "w", newline="") as fh:
         w = csv.writer(fh)
