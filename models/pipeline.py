@@ -3,7 +3,7 @@
 The stock diffusers ControlNet-inpaint pipeline feeds the ControlNet only the 4 noisy latent channels and therefore
 fails on this checkpoint. Here, as in the reference (yahoo/photo-background-generation,
 ``pipeline_controlnet_inpaint.py``), the ControlNet receives **the same 9-channel tensor the UNet receives** (noisy
-latents, repaint mask, masked-image latents) and the hint is the soft inverted object mask (DESIGN §2). The per-step
+latents, repaint mask, masked-image latents) and the hint is the soft inverted object mask. The per-step
 tensors come from :func:`models.inpaint_inputs.build_inpaint_inputs`, the one place the ComfyUI node uses too.
 
 Reference defaults: UniPC, 20 steps, CFG 7.5, ControlNet scale **1.0** (the reference pipeline's own default of 0.5
@@ -15,8 +15,9 @@ masked image, from the same generator(s) -- so the same seed gives the same imag
 (tests/golden/pipeline_parity.npz pins that, measured max difference in the test module's docstring).
 
 Loading is offline only (``local_files_only=True``; nothing here touches the network): :func:`load_pipeline` takes the
-Hugging Face ``yahoo-inc/photo-background-generation`` folder, or an SI2 folder plus a ControlNet in any form that
-:func:`models.controlnet_checkpoint.build_diffusers_controlnet` reads.
+Hugging Face ``yahoo-inc/photo-background-generation`` folder, or SI2 -- a diffusers folder, or the original-layout
+single file ComfyUI loads (``512-inpainting-ema.safetensors``) plus the small config folder -- and a ControlNet in any
+form that :func:`models.controlnet_checkpoint.build_diffusers_controlnet` reads.
 """
 from __future__ import annotations
 
@@ -209,20 +210,27 @@ class SalientBackgroundPipeline(_diffusion_pipeline_base()):
         output (``B * num_images_per_prompt``; each output is then reproducible on its own). ``callback(step,
         total)`` runs after every step (raise from it to stop). ``output_type``: "np", "pt", "pil" or "latent".
         """
-        if num_inference_steps < 1:
-            raise InputError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        if num_images_per_prompt < 1:
-            raise InputError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
-        if not 0.0 <= control_guidance_start < control_guidance_end <= 1.0:
-            raise InputError(
-                f"need 0 <= control_guidance_start < control_guidance_end <= 1, got {control_guidance_start}, {control_guidance_end}"
-            )
-        device = self._execution_device
-        dtype = self.unet.dtype
+        _check_call_settings(num_inference_steps, num_images_per_prompt, control_guidance_start, control_guidance_end)
+        batch = self._prepare_batch(image, object_mask, prompt, negative_prompt, num_images_per_prompt, generator)
+        do_cfg = guidance_scale > 1.0
+        device, dtype = self._execution_device, self.unet.dtype
 
-        pixels = as_image_batch(image)
-        masks = as_mask_batch(object_mask)
-        inputs = build_inpaint_inputs(pixels, masks, layout="BHWC")
+        # text (per output: each prompt repeated n times, as the reference's repeat + view)
+        embeds = self.encode_prompt(batch.prompts, batch.negatives, device, do_cfg)
+        embeds = embeds.repeat_interleave(num_images_per_prompt, dim=0).to(dtype)
+        latents, conditioning = self._prepare_latents(batch, num_inference_steps, generator, latents, do_cfg)
+        latents = self._denoise(
+            latents, conditioning, embeds, guidance_scale=guidance_scale, do_cfg=do_cfg,
+            controlnet_scale=controlnet_conditioning_scale, control_window=(control_guidance_start, control_guidance_end),
+            callback=callback, show_progress=show_progress,
+        )
+        return self._finish(latents, batch.repaint[:, 0].cpu(), output_type)
+
+    # -- the steps of __call__ -----------------------------------------------------------------------------------
+    def _prepare_batch(self, image, object_mask, prompt, negative_prompt, n: int, generator) -> "_Batch":
+        """Inputs coerced and checked; the per-step tensors (models.inpaint_inputs) repeated per output."""
+        device, dtype = self._execution_device, self.unet.dtype
+        inputs = build_inpaint_inputs(as_image_batch(image), as_mask_batch(object_mask), layout="BHWC")
         b = inputs.hint.shape[0]
         height, width = inputs.hint.shape[-2:]
         if height % self.vae_scale_factor or width % self.vae_scale_factor:
@@ -232,27 +240,22 @@ class SalientBackgroundPipeline(_diffusion_pipeline_base()):
             )
         prompts = _as_list(prompt, b, "prompt")
         negatives = _as_list(negative_prompt, b, "negative prompt")
-        n = num_images_per_prompt
-        total = b * n
-        if isinstance(generator, list) and len(generator) != total:
-            raise InputError(f"got {len(generator)} generators for {total} outputs ({b} images x {n} per prompt)")
+        if isinstance(generator, list) and len(generator) != b * n:
+            raise InputError(f"got {len(generator)} generators for {b * n} outputs ({b} images x {n} per prompt)")
+        return _Batch(
+            prompts=prompts, negatives=negatives, total=b * n, height=height, width=width,
+            hint=inputs.hint.repeat_interleave(n, dim=0).to(device=device, dtype=dtype),
+            repaint=inputs.repaint_mask.repeat_interleave(n, dim=0),
+            masked_image=inputs.masked_image.repeat_interleave(n, dim=0).to(device=device, dtype=dtype),
+        )
 
-        do_cfg = guidance_scale > 1.0
-        use_controlnet = self.controlnet is not None and controlnet_conditioning_scale != 0.0
-
-        # 1. text (per output: each prompt repeated n times, as the reference's repeat + view)
-        embeds = self.encode_prompt(prompts, negatives, device, do_cfg).repeat_interleave(n, dim=0)
-        embeds = embeds.to(dtype)
-
-        # 2. the per-step tensors (models.inpaint_inputs), repeated per output
-        hint = inputs.hint.repeat_interleave(n, dim=0).to(device=device, dtype=dtype)
-        repaint = inputs.repaint_mask.repeat_interleave(n, dim=0)
-        masked_image = inputs.masked_image.repeat_interleave(n, dim=0).to(device=device, dtype=dtype)
-
-        # 3. initial noise FIRST, then the masked-image posterior sample (the reference's order of random draws)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-        shape = (total, self.vae.config.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+    def _prepare_latents(self, batch: "_Batch", steps: int, generator, latents, do_cfg: bool):
+        """(initial latents, conditioning dict). The initial noise is drawn FIRST, then the masked-image posterior
+        sample: the reference's order of random draws."""
+        device, dtype = self._execution_device, self.unet.dtype
+        self.scheduler.set_timesteps(steps, device=device)
+        factor = self.vae_scale_factor
+        shape = (batch.total, self.vae.config.latent_channels, batch.height // factor, batch.width // factor)
         if latents is None:
             from diffusers.utils.torch_utils import randn_tensor
 
@@ -261,41 +264,37 @@ class SalientBackgroundPipeline(_diffusion_pipeline_base()):
             raise InputError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
         latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
 
-        mask_latent = latent_mask(repaint, shape[2], shape[3]).to(device=device, dtype=dtype)
-        masked_latents = self._encode_vae(masked_image, generator).to(dtype)
+        mask_latent = latent_mask(batch.repaint, shape[2], shape[3]).to(device=device, dtype=dtype)
+        masked_latents = self._encode_vae(batch.masked_image, generator).to(dtype)
+        hint = batch.hint
         if do_cfg:
-            mask_latent = torch.cat([mask_latent] * 2)
-            masked_latents = torch.cat([masked_latents] * 2)
-            hint = torch.cat([hint] * 2)
+            mask_latent, masked_latents, hint = (torch.cat([t] * 2) for t in (mask_latent, masked_latents, hint))
+        return latents, {"mask_latent": mask_latent, "masked_latents": masked_latents, "hint": hint}
 
-        # 4. denoising
+    def _denoise(self, latents, conditioning: dict, embeds, *, guidance_scale: float, do_cfg: bool,
+                 controlnet_scale: float, control_window: tuple, callback, show_progress: bool):
+        """The denoising loop over the scheduler's timesteps; returns the final latents."""
+        timesteps = self.scheduler.timesteps
         steps = len(timesteps)
+        use_controlnet = self.controlnet is not None and controlnet_scale != 0.0
         progress = self.progress_bar(total=steps) if show_progress else None
         try:
             for i, t in enumerate(timesteps):
                 model_in = torch.cat([latents] * 2) if do_cfg else latents
                 model_in = self.scheduler.scale_model_input(model_in, t)
-                model_in = torch.cat([model_in, mask_latent, masked_latents], dim=1)  # the 9 channels
-
-                keep = not (i / steps < control_guidance_start or (i + 1) / steps > control_guidance_end)
+                model_in = torch.cat([model_in, conditioning["mask_latent"], conditioning["masked_latents"]], dim=1)
+                start, end = control_window
+                in_window = not (i / steps < start or (i + 1) / steps > end)
                 down = mid = None
-                if use_controlnet and keep:
+                if use_controlnet and in_window:
                     down, mid = self.controlnet(
                         model_in,  # the SAME 9-channel tensor as the UNet (the reference's one change)
-                        t,
-                        encoder_hidden_states=embeds,
-                        controlnet_cond=hint,
-                        conditioning_scale=float(controlnet_conditioning_scale),
-                        guess_mode=False,
-                        return_dict=False,
+                        t, encoder_hidden_states=embeds, controlnet_cond=conditioning["hint"],
+                        conditioning_scale=float(controlnet_scale), guess_mode=False, return_dict=False,
                     )
                 noise = self.unet(
-                    model_in,
-                    t,
-                    encoder_hidden_states=embeds,
-                    down_block_additional_residuals=down,
-                    mid_block_additional_residual=mid,
-                    return_dict=False,
+                    model_in, t, encoder_hidden_states=embeds, down_block_additional_residuals=down,
+                    mid_block_additional_residual=mid, return_dict=False,
                 )[0]
                 if do_cfg:
                     uncond, cond = noise.chunk(2)
@@ -308,8 +307,10 @@ class SalientBackgroundPipeline(_diffusion_pipeline_base()):
         finally:
             if progress is not None:
                 progress.close()
+        return latents
 
-        repaint_out = repaint[:, 0].cpu()
+    def _finish(self, latents, repaint_out: torch.Tensor, output_type: str) -> SalientBackgroundOutput:
+        """Decode the latents into ``output_type`` ("latent" returns them as they are)."""
         if output_type == "latent":
             return SalientBackgroundOutput(latents, repaint_out)
         decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
@@ -324,6 +325,31 @@ class SalientBackgroundPipeline(_diffusion_pipeline_base()):
         elif output_type != "np":
             raise InputError(f"output_type must be 'np', 'pt', 'pil' or 'latent', got {output_type!r}")
         return SalientBackgroundOutput(images, repaint_out)
+
+
+@dataclass
+class _Batch:
+    """One call's inputs, ready for the networks: ``total`` outputs (images x images per prompt)."""
+
+    prompts: list
+    negatives: list
+    total: int
+    height: int
+    width: int
+    hint: torch.Tensor
+    repaint: torch.Tensor
+    masked_image: torch.Tensor
+
+
+def _check_call_settings(steps: int, per_prompt: int, control_start: float, control_end: float) -> None:
+    if steps < 1:
+        raise InputError(f"num_inference_steps must be >= 1, got {steps}")
+    if per_prompt < 1:
+        raise InputError(f"num_images_per_prompt must be >= 1, got {per_prompt}")
+    if not 0.0 <= control_start < control_end <= 1.0:
+        raise InputError(
+            f"need 0 <= control_guidance_start < control_guidance_end <= 1, got {control_start}, {control_end}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -379,20 +405,123 @@ def _require_folder(root: str, sub: str, what: str) -> str:
     return path
 
 
-def load_si2_components(path: str, *, dtype: torch.dtype = torch.float32, scheduler: str = DEFAULT_SCHEDULER):
-    """(vae, text_encoder, tokenizer, unet, scheduler) from a local diffusers SD2-inpainting folder, offline."""
+# -- the single-file checkpoint (what ComfyUI's Load Checkpoint reads) -----------------------------------------
+SI2_SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+# The small files of the diffusers folder that say how to build the networks the single file holds. They are the
+# registry's "sd2-configs" download (python -m salient_background download sd2-configs) and sit in
+# <models>/diffusers/stable-diffusion-2-inpainting/, next to ComfyUI's <models>/checkpoints/.
+SI2_CONFIG_DIRNAME = "stable-diffusion-2-inpainting"
+SI2_CONFIG_FILES = (
+    "unet/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer/vocab.json", "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json",
+)
+_LDM_UNET_INPUT = "model.diffusion_model.input_blocks.0.0.weight"
+
+
+def si2_config_candidates(checkpoint_path: str) -> list[str]:
+    """Where the config folder of a single-file checkpoint is looked for, in order: beside the file, then the
+    ComfyUI layout (<models>/checkpoints/FILE -> <models>/diffusers/stable-diffusion-2-inpainting)."""
+    folder = os.path.dirname(os.path.abspath(checkpoint_path))
+    return [os.path.join(folder, SI2_CONFIG_DIRNAME), os.path.join(os.path.dirname(folder), "diffusers", SI2_CONFIG_DIRNAME)]
+
+
+def _missing_config_files(folder: str) -> list[str]:
+    return [f for f in SI2_CONFIG_FILES if not os.path.isfile(os.path.join(folder, *f.split("/")))]
+
+
+def find_si2_config_dir(checkpoint_path: str, config_dir: Optional[str] = None) -> str:
+    """The folder holding :data:`SI2_CONFIG_FILES` for ``checkpoint_path`` (``config_dir`` when given), or a
+    :class:`CheckpointError` naming the download command. A full diffusers SD2-inpainting folder qualifies too."""
+    candidates = [os.fspath(config_dir)] if config_dir else si2_config_candidates(checkpoint_path)
+    partial = None
+    for folder in candidates:
+        if os.path.isdir(folder):
+            missing = _missing_config_files(folder)
+            if not missing:
+                return folder
+            partial = partial or (folder, missing)
+    models_dir = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint_path)))
+    command = f"python -m salient_background download sd2-configs --models-dir {models_dir}"
+    found = f"; {partial[0]!r} lacks {', '.join(partial[1])}" if partial else ""
+    raise CheckpointError(
+        f"the single-file checkpoint {checkpoint_path!r} needs the small config and tokenizer files of "
+        f"stabilityai/stable-diffusion-2-inpainting (~1.6 MB), looked for in {' and '.join(map(repr, candidates))}"
+        f"{found}. Get them with: {command}"
+    )
+
+
+def validate_si2_path(path: str, config_dir: Optional[str] = None) -> str:
+    """Cheap check (no weights read) of an SD2-inpainting model path: a diffusers folder, or a single-file
+    checkpoint (``.safetensors`` / ``.ckpt``) whose config folder is found. Returns "folder" or "single_file";
+    raises a :class:`CheckpointError` that says what to fix."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        for sub in SI2_SUBFOLDERS:
+            _require_folder(path, sub, "the SD2-inpainting folder")
+        return "folder"
+    if os.path.isfile(path):
+        if not path.lower().endswith(SI2_SINGLE_FILE_SUFFIXES):
+            raise CheckpointError(
+                f"{path!r} is not an SD2-inpainting checkpoint: give 512-inpainting-ema.safetensors (or .ckpt), or "
+                "the diffusers folder of stabilityai/stable-diffusion-2-inpainting"
+            )
+        find_si2_config_dir(path, config_dir)
+        return "single_file"
+    raise CheckpointError(
+        f"SD2-inpainting model not found: {path!r}. Give the single-file checkpoint 512-inpainting-ema.safetensors "
+        "(the one in ComfyUI's models/checkpoints) or the local diffusers folder of "
+        "stabilityai/stable-diffusion-2-inpainting (or of yahoo-inc/photo-background-generation), downloaded beforehand."
+    )
+
+
+def _read_single_file(path: str) -> dict:
+    from diffusers.loaders.single_file_utils import load_single_file_checkpoint
+
+    try:
+        checkpoint = load_single_file_checkpoint(path, local_files_only=True)
+    except Exception as exc:  # a truncated or foreign file: safetensors, pickle and torch raise many kinds
+        raise CheckpointError(f"could not read the checkpoint {path!r}: {type(exc).__name__}: {exc}") from exc
+    first = checkpoint.get(_LDM_UNET_INPUT)
+    if first is None or "cond_stage_model.model.token_embedding.weight" not in checkpoint:
+        raise CheckpointError(
+            f"{path!r} is not a Stable Diffusion 2 checkpoint in the original layout (no model.diffusion_model.* UNet "
+            f"or cond_stage_model.model.* OpenCLIP text encoder). Use {SI2_NAME}."
+        )
+    if first.shape[1] != 9:
+        raise CheckpointError(
+            f"the UNet in {path!r} has {first.shape[1]} input channels; this pipeline needs a 9-channel inpainting "
+            f"UNet. Use {SI2_NAME}."
+        )
+    return checkpoint
+
+
+def _load_si2_single_file(path: str, config_dir: str, dtype: torch.dtype):
+    """(vae, text_encoder, tokenizer, unet) from an original-layout single file, converted by diffusers with the
+    configs of ``config_dir``; every call is local_files_only, so nothing reaches the network."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    checkpoint = _read_single_file(path)
+    offline = dict(config=config_dir, torch_dtype=dtype, local_files_only=True)
+    try:
+        unet = UNet2DConditionModel.from_single_file(checkpoint, subfolder="unet", **offline)
+        vae = AutoencoderKL.from_single_file(checkpoint, subfolder="vae", **offline)
+        text_encoder = create_diffusers_clip_model_from_ldm(CLIPTextModel, checkpoint, subfolder="text_encoder", **offline)
+        tokenizer = CLIPTokenizer.from_pretrained(os.path.join(config_dir, "tokenizer"), local_files_only=True)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise CheckpointError(
+            f"could not load the single-file checkpoint {path!r} with the configs in {config_dir!r}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    return vae.to(dtype), text_encoder.to(dtype), tokenizer, unet.to(dtype)
+
+
+def _load_si2_folder(path: str, dtype: torch.dtype):
+    """(vae, text_encoder, tokenizer, unet) from a diffusers SD2-inpainting folder, offline."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise CheckpointError(
-            f"SD2-inpainting folder not found: {path!r}. Give the local folder of stabilityai/stable-diffusion-2-inpainting "
-            "(or of yahoo-inc/photo-background-generation), downloaded beforehand."
-        )
-    what = "the SD2-inpainting folder"
-    for sub in SI2_SUBFOLDERS:
-        _require_folder(path, sub, what)
     try:
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, local_files_only=True)
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, local_files_only=True)
@@ -401,10 +530,26 @@ def load_si2_components(path: str, *, dtype: torch.dtype = torch.float32, schedu
         )
         tokenizer = CLIPTokenizer.from_pretrained(os.path.join(path, "tokenizer"), local_files_only=True)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"could not load {what} {path!r}: {type(exc).__name__}: {exc}") from exc
+        raise CheckpointError(f"could not load the SD2-inpainting folder {path!r}: {type(exc).__name__}: {exc}") from exc
+    return vae, text_encoder, tokenizer, unet
+
+
+def load_si2_components(
+    path: str, *, dtype: torch.dtype = torch.float32, scheduler: str = DEFAULT_SCHEDULER, config_dir: Optional[str] = None
+):
+    """(vae, text_encoder, tokenizer, unet, scheduler) from a local diffusers SD2-inpainting folder or the
+    original-layout single file (``512-inpainting-ema.safetensors`` / ``.ckpt``, fp32 or fp16; loaded in ``dtype``)
+    plus its config folder (``config_dir``, else found by :func:`find_si2_config_dir`). Offline."""
+    path = os.fspath(path)
+    if validate_si2_path(path, config_dir) == "single_file":
+        config_dir = find_si2_config_dir(path, config_dir)
+        vae, text_encoder, tokenizer, unet = _load_si2_single_file(path, config_dir, dtype)
+    else:
+        config_dir = path
+        vae, text_encoder, tokenizer, unet = _load_si2_folder(path, dtype)
     if tokenizer.model_max_length is None or tokenizer.model_max_length > 100_000:
         tokenizer.model_max_length = 77
-    with open(os.path.join(path, "scheduler", "scheduler_config.json")) as fh:
+    with open(os.path.join(config_dir, "scheduler", "scheduler_config.json")) as fh:
         sched = make_scheduler(scheduler, json.load(fh))
     return vae.eval(), text_encoder.eval(), tokenizer, unet.eval(), sched
 
@@ -443,12 +588,15 @@ def load_pipeline(
     device: Union[str, torch.device, None] = None,
     dtype: torch.dtype = torch.float32,
     scheduler: str = DEFAULT_SCHEDULER,
+    si2_config: Optional[str] = None,
 ) -> SalientBackgroundPipeline:
     """Build the pipeline from local files only.
 
     * ``pipeline_path``: the ``yahoo-inc/photo-background-generation`` layout (SI2 subfolders + ``controlnet/``);
       ``controlnet_path`` overrides its ``controlnet/``.
-    * or ``si2_path`` (an SD2-inpainting folder) + ``controlnet_path`` (folder, ``.safetensors`` or ``.pth``).
+    * or ``si2_path`` (an SD2-inpainting diffusers folder, or the single file ``512-inpainting-ema.safetensors``
+      that ComfyUI loads, with its config folder ``si2_config`` or one found beside it, see
+      :func:`find_si2_config_dir`) + ``controlnet_path`` (folder, ``.safetensors`` or ``.pth``).
     * ``use_controlnet=False``: the SI2 baseline, no ControlNet loaded.
     """
     if pipeline_path and si2_path:
@@ -459,7 +607,9 @@ def load_pipeline(
             "no model given: pass the photo-background-generation pipeline folder, or an SD2-inpainting folder "
             "together with a ControlNet checkpoint"
         )
-    vae, text_encoder, tokenizer, unet, sched = load_si2_components(base, dtype=dtype, scheduler=scheduler)
+    vae, text_encoder, tokenizer, unet, sched = load_si2_components(
+        base, dtype=dtype, scheduler=scheduler, config_dir=si2_config
+    )
     controlnet = None
     if use_controlnet:
         cn_path = controlnet_path
