@@ -152,19 +152,17 @@ class SalientBackgroundPipeline(_diffusion_pipeline_base()):
 
     # -- text ------------------------------------------------------------------------------------------------
     def _embed(self, texts: list[str], max_length: int, device) -> torch.Tensor:
-        tokens = self.tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
-        attention_mask = None
-        if getattr(self.text_encoder.config, "use_attention_mask", False):
-            attention_mask = tokens.attention_mask.to(device)
-        return self.text_encoder(tokens.input_ids.to(device), attention_mask=attention_mask)[0]
+        from .text_encoding import encode_texts
+
+        return encode_texts(self.tokenizer, self.text_encoder, texts, device, max_length)
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str], negative_prompts: list[str], device, do_cfg: bool) -> torch.Tensor:
         """[B,77,D] text embeddings, with the negative ones first when ``do_cfg`` ([2B,77,D]), as the reference."""
-        max_length = self.tokenizer.model_max_length
-        if max_length is None or max_length > 100_000:  # a tokenizer folder without a config (DESIGN §4)
-            max_length = 77
-        embeds = self._embed(prompts, max_length, device).to(dtype=self.text_encoder.dtype, device=device)
+        from .text_encoding import token_length
+
+        embeds = self._embed(prompts, token_length(self.tokenizer), device)
+        embeds = embeds.to(dtype=self.text_encoder.dtype, device=device)
         if not do_cfg:
             return embeds
         negative = self._embed([n or "" for n in negative_prompts], embeds.shape[1], device)

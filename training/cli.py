@@ -110,7 +110,7 @@ _HELP = {
 
 
 def _add_train(subparsers) -> None:
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     p = subparsers.add_parser(
         "train", help="train the salient-aware ControlNet (accelerate)",
@@ -135,7 +135,7 @@ def _add_train(subparsers) -> None:
         elif f.name == "num_train_epochs":
             p.add_argument(flag, type=float, default=default, help=help_text)
         elif f.name == "gradient_checkpointing":
-            from .train import CHECKPOINTING_CHOICES
+            from .config import CHECKPOINTING_CHOICES
 
             p.add_argument(flag, nargs="?", const="all", choices=CHECKPOINTING_CHOICES, default=default,
                            help=help_text)
@@ -148,7 +148,7 @@ def _add_train(subparsers) -> None:
 
 
 def config_from_args(args):
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     values["conditioning_channels"] = tuple(values["conditioning_channels"])

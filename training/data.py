@@ -1,12 +1,12 @@
 """Training data: the manifest ``prepare`` writes, the per-sample recipe, and an exactly resumable sharded sampler.
 
-Per sample (the reference recipe, DESIGN §2): the photo and its salient mask (object = white, soft) are resized so
-the short side is ``resize_to`` (768), one random ``resolution`` x ``resolution`` crop (512) is shared by both, the
-caption is replaced by "" with probability ``empty_caption_prob`` (0.1; one caption drawn at random when a row has
-several). The model inputs are then built by :func:`models.inpaint_inputs.build_inpaint_inputs` -- the code the
-pipeline and the ComfyUI node use -- so training and inference share one polarity convention: the repaint mask is
-the inverted object mask binarised at 0.5, the hint the soft inverted mask in [0,1], the masked image the photo in
-[-1,1] with the background set to 0.
+Per sample (the recipe of the reference training code, yahoo/photo-background-generation): the photo and its
+salient mask (object = white, soft) are resized so the short side is ``resize_to`` (768), one random ``resolution`` x
+``resolution`` crop (512) is shared by both, the caption is replaced by "" with probability ``empty_caption_prob``
+(0.1; one caption drawn at random when a row has several). The model inputs are then built by
+:func:`models.inpaint_inputs.build_inpaint_inputs` -- the code the pipeline and the ComfyUI node use -- so training
+and inference share one polarity convention: the repaint mask is the inverted object mask binarised at 0.5, the
+hint the soft inverted mask in [0,1], the masked image the photo in [-1,1] with the background set to 0.
 
 Optional mask-precision augmentation (off by default; in the spirit of SmartBrush, CVPR 2023): with probability
 ``mask_aug_prob`` the object mask given to the model is degraded at a random precision level -- a Gaussian blur, a
@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
@@ -33,6 +32,7 @@ import torch
 
 from ..models.errors import InputError
 from ..models.inpaint_inputs import build_inpaint_inputs
+from ..models.text_encoding import tokenize
 
 log = logging.getLogger("salient_background")
 
@@ -156,7 +156,7 @@ class SampleConfig:
     mask_aug_max_blur: float = 8.0
     mask_aug_max_pixels: int = 16
     center_crop: bool = False  # validation / deterministic previews
-    # latent cache (see training.train.build_latent_cache): K fixed crops per row, their VAE posteriors on disk
+    # latent cache (see training.caches.build_latent_cache): K fixed crops per row, their VAE posteriors on disk
     latent_cache_dir: Optional[str] = None
     latent_cache_crops: int = 4
     seed: int = 0
@@ -264,7 +264,7 @@ class SalientTrainingDataset(torch.utils.data.Dataset):
             sample.update(cached)
             del sample["pixel_values"], sample["masked_image"]  # the VAE is not run on them
         if self.tokenizer is not None:
-            sample["input_ids"] = tokenize(self.tokenizer, [caption])[0]
+            sample["input_ids"] = tokenize(self.tokenizer, [caption]).input_ids[0]
         return sample
 
     def cache_crop_rng(self, index: int, crop: int) -> np.random.Generator:
@@ -285,14 +285,6 @@ def read_cached_latents(folder: str, index: int, crop: int) -> dict:
     path = cached_latents_path(folder, index)
     with safe_open(path, "pt") as fh:
         return {k: fh.get_slice(k)[crop] for k in LATENT_KEYS}
-
-
-def tokenize(tokenizer, captions: Sequence[str]) -> torch.Tensor:
-    max_length = tokenizer.model_max_length
-    if max_length is None or max_length > 100_000:  # a tokenizer folder without a config (DESIGN §4)
-        max_length = 77
-    return tokenizer(list(captions), padding="max_length", max_length=max_length, truncation=True,
-                     return_tensors="pt").input_ids
 
 
 def collate(samples: Sequence[dict]) -> dict:
@@ -349,7 +341,3 @@ class ShardedBatchSampler:
         if self.stop is None:
             raise TypeError("endless sampler")
         return max(0, self.stop - self.start)
-
-
-def epochs_to_micro_steps(epochs: float, num_rows: int, global_batch: int) -> int:
-    return int(math.floor(epochs * (num_rows // global_batch)))

@@ -67,7 +67,7 @@ def export_checkpoint(checkpoint: str, folder: str, *, fp16: bool = False, ema: 
     from safetensors.torch import load_file
 
     from ..models.controlnet_checkpoint import build_diffusers_controlnet
-    from .train import CONTROLNET_CONFIG, EMA_FILE, RUN_CONFIG, TRAIN_STATE, list_checkpoints
+    from .checkpoints import CONTROLNET_CONFIG, EMA_FILE, RUN_CONFIG, TRAIN_STATE, list_checkpoints
 
     checkpoint = os.fspath(checkpoint)
     if not os.path.isfile(os.path.join(checkpoint, TRAIN_STATE)):

@@ -25,216 +25,165 @@ sets ``RANK``/``WORLD_SIZE``) split the photos; the last one to finish merges th
 """
 from __future__ import annotations
 
-import fcntl
-import glob
-import json
 import logging
 import os
 import shutil
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..models.errors import InputError
-from .data import write_manifest
+from .prepare_state import PartWriter, PrepareReport, existing_rows
+from .sources import IMAGE_SUFFIXES, Blip2Captioner, Entry, coco_entries, find_photos, load_rgb, sidecar_captions
 
 log = logging.getLogger("salient_background")
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 REASONS = ("unreadable", "empty_mask", "full_mask", "no_mask_file")
 
-
-@dataclass
-class Entry:
-    image: str  # absolute path
-    source: str  # label of the folder it came from
-    rel: str  # path relative to that folder
-    captions: list = field(default_factory=list)
+__all__ = ["IMAGE_SUFFIXES", "REASONS", "Blip2Captioner", "Entry", "PrepareReport", "coco_entries", "find_photos",
+           "prepare_dataset", "sidecar_captions"]
 
 
-@dataclass
-class PrepareReport:
-    output_dir: str
-    manifest: str
-    total: int = 0
-    kept_before: int = 0
-    rejected_before: int = 0
-    processed: int = 0
-    kept: int = 0
-    rejected: Counter = field(default_factory=Counter)
-    without_caption: int = 0
-    captioned_by: Counter = field(default_factory=Counter)
-    merged: bool = False
-
-    def as_dict(self) -> dict:
-        return {k: (dict(v) if isinstance(v, Counter) else v) for k, v in self.__dict__.items()}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# discovery and captions
-# ---------------------------------------------------------------------------------------------------------------
-def _label(path: str, used: set) -> str:
-    base = os.path.basename(os.path.normpath(path)) or "photos"
-    label, n = base, 2
-    while label in used:
-        label, n = f"{base}-{n}", n + 1
-    used.add(label)
-    return label
-
-
-def find_photos(folders: Sequence[str], exclude: Sequence[str] = ()) -> list[Entry]:
-    """Every image under ``folders`` (any nesting, sorted), skipping anything under ``exclude``."""
-    entries, used = [], set()
-    excluded = [os.path.abspath(e) + os.sep for e in exclude]
-    for folder in folders:
-        if not os.path.isdir(folder):
-            raise InputError(f"photo folder not found: {folder!r}")
-        label = _label(folder, used)
-        root = os.path.abspath(folder)
-        for dirpath, dirnames, files in os.walk(root):
-            dirnames.sort()
-            if any((dirpath + os.sep).startswith(e) for e in excluded):
-                dirnames[:] = []
-                continue
-            for f in sorted(files):
-                if f.lower().endswith(IMAGE_SUFFIXES):
-                    full = os.path.join(dirpath, f)
-                    entries.append(Entry(full, label, os.path.relpath(full, root)))
-    return entries
-
-
-def coco_entries(annotations: str, images_dir: str, used_labels: Optional[set] = None) -> list[Entry]:
-    """Photos of a COCO captions file (``images``: id/file_name, ``annotations``: image_id/caption)."""
-    if not os.path.isfile(annotations):
-        raise InputError(f"COCO annotations not found: {annotations!r}")
-    if not os.path.isdir(images_dir):
-        raise InputError(f"COCO images folder not found: {images_dir!r} (give it with --coco-images)")
-    with open(annotations, encoding="utf-8") as fh:
-        coco = json.load(fh)
-    if "images" not in coco or "annotations" not in coco:
-        raise InputError(f"{annotations!r} is not a COCO annotations file (needs 'images' and 'annotations')")
-    captions: dict = {}
-    for ann in coco["annotations"]:
-        if "caption" in ann:
-            captions.setdefault(ann["image_id"], []).append(" ".join(str(ann["caption"]).split()))
-    label = _label(images_dir, used_labels if used_labels is not None else set())
-    root = os.path.abspath(images_dir)
-    return [Entry(os.path.join(root, im["file_name"]), label, im["file_name"], captions.get(im["id"], []))
-            for im in sorted(coco["images"], key=lambda im: im["file_name"])]
-
-
-def sidecar_captions(image_path: str) -> list[str]:
-    stem = os.path.splitext(image_path)[0]
-    for candidate in (stem + ".txt", image_path + ".txt", stem + ".caption"):
-        if os.path.isfile(candidate):
-            with open(candidate, encoding="utf-8", errors="replace") as fh:
-                return [" ".join(line.split()) for line in fh if line.strip()]
-    return []
-
-
-class Blip2Captioner:
-    """BLIP-2 captions through ``transformers`` from a LOCAL model folder (e.g. a copy of Salesforce/blip2-opt-2.7b)."""
-
-    def __init__(self, path: str, device: Optional[str] = None, dtype: Optional[torch.dtype] = None,
-                 max_new_tokens: int = 30):
-        from transformers import Blip2ForConditionalGeneration, Blip2Processor
-
-        if not os.path.isdir(path):
-            raise InputError(f"BLIP-2 folder not found: {path!r}; give a local copy of a BLIP-2 model (no download here)")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
-        self.processor = Blip2Processor.from_pretrained(path, local_files_only=True)
-        self.model = Blip2ForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True)
-        self.model.to(self.device).eval()
-        self.dtype = dtype
-        self.max_new_tokens = max_new_tokens
-
-    @torch.no_grad()
-    def __call__(self, images) -> list[str]:
-        inputs = self.processor(images=list(images), return_tensors="pt").to(self.device, self.dtype)
-        out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens)
-        return [" ".join(t.split()) for t in self.processor.batch_decode(out, skip_special_tokens=True)]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# state on disk
-# ---------------------------------------------------------------------------------------------------------------
-def _read_jsonl(path: str) -> list[dict]:
-    if not os.path.isfile(path):
-        return []
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by an interruption
-                continue
-    return rows
-
-
-def _existing_rows(out_dir: str, manifest_name: str) -> tuple[dict, dict]:
-    """(kept rows by image relpath, rejected rows by image relpath) from the manifest, rejects and parts."""
-    from .data import read_manifest
-
-    kept: dict = {}
-    manifest = os.path.join(out_dir, manifest_name)
-    if os.path.isfile(manifest):
-        for row in read_manifest(manifest):
-            row = dict(row)
-            row["image"] = os.path.relpath(row["image"], out_dir)
-            row["mask"] = os.path.relpath(row["mask"], out_dir)
-            kept[row["image"]] = row
-    rejected = {r["image"]: r for r in _read_jsonl(os.path.join(out_dir, "rejected.jsonl"))}
-    for part in sorted(glob.glob(os.path.join(out_dir, "parts", "kept-*.jsonl"))):
-        for r in _read_jsonl(part):
-            kept[r["image"]] = r
-    for part in sorted(glob.glob(os.path.join(out_dir, "parts", "rejected-*.jsonl"))):
-        for r in _read_jsonl(part):
-            rejected[r["image"]] = r
-    # a kept row whose mask vanished is redone
-    kept = {k: r for k, r in kept.items() if os.path.isfile(os.path.join(out_dir, r["mask"]))}
-    return kept, rejected
-
-
-def _merge(out_dir: str, manifest_name: str, report: PrepareReport) -> None:
-    kept, rejected = _existing_rows(out_dir, manifest_name)
-    for k in kept:
-        rejected.pop(k, None)
-    write_manifest(os.path.join(out_dir, manifest_name), [kept[k] for k in sorted(kept)])
-    tmp = os.path.join(out_dir, "rejected.jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for k in sorted(rejected):
-            fh.write(json.dumps(rejected[k], ensure_ascii=False) + "\n")
-    os.replace(tmp, os.path.join(out_dir, "rejected.jsonl"))
-    shutil.rmtree(os.path.join(out_dir, "parts"), ignore_errors=True)
-    totals = {"rows": len(kept), "rejected": dict(Counter(r["reason"] for r in rejected.values())),
-              "without_caption": sum(1 for r in kept.values() if not r.get("captions"))}
-    with open(os.path.join(out_dir, "prepare_report.json"), "w") as fh:
-        json.dump({"dataset": totals, "last_run": report.as_dict()}, fh, indent=2, default=str)
-    report.merged = True
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the run
-# ---------------------------------------------------------------------------------------------------------------
 def _distributed() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
     return rank, world
 
 
-def _load_rgb(path: str):
-    from PIL import Image, ImageOps
+def _gather_entries(out_dir: str, image_dirs, coco_annotations, coco_images) -> list[Entry]:
+    used: set = set()
+    entries = find_photos(image_dirs, exclude=[out_dir]) if image_dirs else []
+    for e in entries:
+        used.add(e.source)
+    if coco_annotations:
+        entries += coco_entries(coco_annotations, coco_images or os.path.dirname(coco_annotations), used)
+    if not entries:
+        raise InputError("no photos found: give --images folder(s) and/or --coco-captions with --coco-images")
+    return entries
 
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        return im.convert("RGB")
+
+class _BatchProcessor:
+    """Masks, filters, captions and writes the rows of one batch of same-size photos."""
+
+    def __init__(self, out_dir: str, parts: PartWriter, report: PrepareReport, *, segmenter, masks_dir, captioner,
+                 min_area: float, max_area: float, copy_images: bool):
+        self.out_dir, self.parts, self.report = out_dir, parts, report
+        self.segmenter, self.masks_dir, self.captioner = segmenter, masks_dir, captioner
+        self.min_area, self.max_area, self.copy_images = min_area, max_area, copy_images
+
+    def image_rel(self, e: Entry) -> str:
+        """The photo's path in the manifest (relative to the dataset folder)."""
+        if self.copy_images:
+            return os.path.join("images", e.source, e.rel)
+        return os.path.relpath(e.image, self.out_dir)
+
+    def reject(self, e: Entry, reason: str, detail: str = "") -> None:
+        self.report.rejected[reason] += 1
+        self.parts.reject(self.image_rel(e), reason, detail)
+
+    def __call__(self, batch: list) -> None:
+        if not batch:
+            return
+        pending = []
+        for (e, im), m in zip(batch, self._maps(batch)):
+            m = self._mask_from_file(e, im, m) if isinstance(m, str) else m
+            if m is not None:
+                kept = self._check_and_save(e, im, m)
+                if kept is not None:
+                    pending.append(kept)
+        self._caption_missing(pending)
+        self._write(pending)
+
+    def _maps(self, batch: list) -> list:
+        """A mask per photo: the segmenter's map [H,W] in 0..1, or the path of the existing mask file."""
+        if self.masks_dir is not None:
+            return [os.path.splitext(os.path.join(self.masks_dir, e.rel))[0] + ".png" for e, _ in batch]
+        pixels = torch.from_numpy(np.stack([np.asarray(im, dtype=np.float32) / 255.0 for _, im in batch]))
+        with torch.no_grad():
+            pred = self.segmenter.predict(pixels)
+        return [m.float().clamp(0, 1).cpu() for m in pred.maps]
+
+    def _mask_from_file(self, e: Entry, im, path: str) -> Optional[torch.Tensor]:
+        from PIL import Image
+
+        if not os.path.isfile(path):
+            self.reject(e, "no_mask_file", path)
+            return None
+        try:
+            with Image.open(path) as mi:
+                mi = mi.convert("L")
+                if mi.size != im.size:
+                    mi = mi.resize(im.size, Image.BILINEAR)
+                return torch.from_numpy(np.asarray(mi, dtype=np.float32) / 255.0)
+        except OSError as exc:
+            self.reject(e, "unreadable", f"mask {path}: {exc}")
+            return None
+
+    def _check_and_save(self, e: Entry, im, m: torch.Tensor) -> Optional[list]:
+        """Reject an empty or full mask; otherwise save it (and the photo when copying) and gather its captions."""
+        from PIL import Image
+
+        area = float((m >= 0.5).float().mean())
+        if area < self.min_area:
+            self.reject(e, "empty_mask", f"mask area {area:.4f} < {self.min_area}")
+            return None
+        if area > self.max_area:
+            self.reject(e, "full_mask", f"mask area {area:.4f} > {self.max_area}")
+            return None
+        mask_rel = os.path.join("masks", e.source, os.path.splitext(e.rel)[0] + ".png")
+        os.makedirs(os.path.dirname(os.path.join(self.out_dir, mask_rel)), exist_ok=True)
+        Image.fromarray((m.numpy() * 255).round().astype(np.uint8), mode="L").save(os.path.join(self.out_dir, mask_rel))
+        if self.copy_images:
+            dst = os.path.join(self.out_dir, self.image_rel(e))
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copy2(e.image, dst)
+        captions = sidecar_captions(e.image)
+        via = "sidecar"
+        if not captions and e.captions:
+            captions, via = list(e.captions), "coco"
+        return [e, im, captions, via, mask_rel, area]
+
+    def _caption_missing(self, pending: list) -> None:
+        """The captioner (one call for the batch) for the photos that have no caption yet."""
+        if self.captioner is None:
+            return
+        need = [p for p in pending if not p[2]]
+        if need:
+            for p, text in zip(need, self.captioner([p[1] for p in need])):
+                p[2], p[3] = ([text] if text else []), "blip2"
+
+    def _write(self, pending: list) -> None:
+        rows = []
+        for e, im, captions, via, mask_rel, area in pending:
+            if captions:
+                self.report.captioned_by[via] += 1
+            else:
+                self.report.without_caption += 1
+            rows.append({"image": self.image_rel(e), "mask": mask_rel, "captions": captions, "width": im.size[0],
+                         "height": im.size[1], "mask_area": round(area, 6)})
+            self.report.kept += 1
+        self.parts.keep(rows)
+
+
+def _process(mine: list, process: _BatchProcessor, batch_size: int, bar) -> None:
+    """Read the photos in order and hand them over in batches of consecutive same-size photos."""
+    batch: list = []
+    for e in mine:
+        process.report.processed += 1
+        try:
+            im = load_rgb(e.image)
+        except Exception as exc:  # noqa: BLE001 -- any decoder failure is "unreadable", never fatal
+            process.reject(e, "unreadable", f"{type(exc).__name__}: {exc}")
+            bar.update(1)
+            continue
+        if batch and (len(batch) >= batch_size or batch[0][1].size != im.size):
+            process(batch)
+            bar.update(len(batch))
+            batch = []
+        batch.append((e, im))
+    process(batch)
+    bar.update(len(batch))
 
 
 def prepare_dataset(
@@ -259,7 +208,6 @@ def prepare_dataset(
     """Prepare (or complete) the dataset in ``output_dir``. ``segmenter``: an object with ``predict(images [B,H,W,3]
     in 0..1) -> .maps [B,H,W]`` (a :class:`models.salient.SalientSegmenter`); or ``masks_dir`` with existing masks.
     ``captioner``: called with a list of PIL images for photos without a caption (e.g. :class:`Blip2Captioner`)."""
-    from PIL import Image
     from tqdm import tqdm
 
     if segmenter is None and masks_dir is None:
@@ -271,143 +219,32 @@ def prepare_dataset(
     env_rank, env_world = _distributed()
     rank = env_rank if rank is None else rank
     world = env_world if world_size is None else world_size
+    entries = _gather_entries(out_dir, image_dirs, coco_annotations, coco_images)
 
-    used: set = set()
-    entries = find_photos(image_dirs, exclude=[out_dir]) if image_dirs else []
-    for e in entries:
-        used.add(e.source)
-    if coco_annotations:
-        entries += coco_entries(coco_annotations, coco_images or os.path.dirname(coco_annotations), used)
-    if not entries:
-        raise InputError("no photos found: give --images folder(s) and/or --coco-captions with --coco-images")
-
-    def image_rel(e: Entry) -> str:
-        if copy_images:
-            return os.path.join("images", e.source, e.rel)
-        return os.path.relpath(e.image, out_dir)
-
-    kept, rejected = _existing_rows(out_dir, manifest_name)
+    kept, rejected = existing_rows(out_dir, manifest_name)
     if retry_rejected:
         rejected = {}
     report = PrepareReport(out_dir, os.path.join(out_dir, manifest_name), total=len(entries))
+    parts = PartWriter(out_dir, rank, world)
+    process = _BatchProcessor(out_dir, parts, report, segmenter=segmenter, masks_dir=masks_dir, captioner=captioner,
+                              min_area=min_area, max_area=max_area, copy_images=copy_images)
     mine = []
     for n, e in enumerate(entries):
-        key = image_rel(e)
+        key = process.image_rel(e)
         if key in kept:
             report.kept_before += 1
         elif key in rejected:
             report.rejected_before += 1
         elif n % world == rank:  # split the full list, not what is left: stable whenever each process starts
             mine.append(e)
-    parts = os.path.join(out_dir, "parts")
-    os.makedirs(parts, exist_ok=True)
-    tag = f"{rank}-of-{world}"
-    done_marker = os.path.join(parts, f"done-{tag}")
-    if os.path.exists(done_marker):
-        os.remove(done_marker)
-    kept_fh = open(os.path.join(parts, f"kept-{tag}.jsonl"), "a", encoding="utf-8")
-    rej_fh = open(os.path.join(parts, f"rejected-{tag}.jsonl"), "a", encoding="utf-8")
-
-    def reject(e: Entry, reason: str, detail: str = "") -> None:
-        report.rejected[reason] += 1
-        rej_fh.write(json.dumps({"image": image_rel(e), "reason": reason, "detail": detail}, ensure_ascii=False) + "\n")
-        rej_fh.flush()
-
     bar = tqdm(total=len(mine), desc=f"prepare [{rank + 1}/{world}]" if world > 1 else "prepare",
                disable=not progress, position=rank if world > 1 else None)
-
-    def flush(batch: list) -> None:
-        if not batch:
-            return
-        if masks_dir is not None:
-            maps = []
-            for e, _ in batch:
-                mpath = os.path.join(masks_dir, e.rel)
-                mpath = os.path.splitext(mpath)[0] + ".png"
-                maps.append(mpath)
-        else:
-            pixels = torch.from_numpy(np.stack([np.asarray(im, dtype=np.float32) / 255.0 for _, im in batch]))
-            with torch.no_grad():
-                pred = segmenter.predict(pixels)
-            maps = [m.float().clamp(0, 1).cpu() for m in pred.maps]
-        pending = []
-        for (e, im), m in zip(batch, maps):
-            if isinstance(m, str):
-                if not os.path.isfile(m):
-                    reject(e, "no_mask_file", m)
-                    continue
-                try:
-                    with Image.open(m) as mi:
-                        mi = mi.convert("L")
-                        if mi.size != im.size:
-                            mi = mi.resize(im.size, Image.BILINEAR)
-                        m = torch.from_numpy(np.asarray(mi, dtype=np.float32) / 255.0)
-                except OSError as exc:
-                    reject(e, "unreadable", f"mask {m}: {exc}")
-                    continue
-            area = float((m >= 0.5).float().mean())
-            if area < min_area:
-                reject(e, "empty_mask", f"mask area {area:.4f} < {min_area}")
-                continue
-            if area > max_area:
-                reject(e, "full_mask", f"mask area {area:.4f} > {max_area}")
-                continue
-            mask_rel = os.path.join("masks", e.source, os.path.splitext(e.rel)[0] + ".png")
-            os.makedirs(os.path.dirname(os.path.join(out_dir, mask_rel)), exist_ok=True)
-            Image.fromarray((m.numpy() * 255).round().astype(np.uint8), mode="L").save(os.path.join(out_dir, mask_rel))
-            if copy_images:
-                dst = os.path.join(out_dir, image_rel(e))
-                os.makedirs(os.path.dirname(dst), exist_ok=True)
-                shutil.copy2(e.image, dst)
-            captions = sidecar_captions(e.image)
-            via = "sidecar"
-            if not captions and e.captions:
-                captions, via = list(e.captions), "coco"
-            pending.append([e, im, captions, via, mask_rel, area])
-        if captioner is not None:
-            need = [p for p in pending if not p[2]]
-            if need:
-                for p, text in zip(need, captioner([p[1] for p in need])):
-                    p[2], p[3] = ([text] if text else []), "blip2"
-        for e, im, captions, via, mask_rel, area in pending:
-            if captions:
-                report.captioned_by[via] += 1
-            else:
-                report.without_caption += 1
-            row = {"image": image_rel(e), "mask": mask_rel, "captions": captions, "width": im.size[0],
-                   "height": im.size[1], "mask_area": round(area, 6)}
-            kept_fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            report.kept += 1
-        kept_fh.flush()
-
-    batch: list = []
     try:
-        for e in mine:
-            report.processed += 1
-            try:
-                im = _load_rgb(e.image)
-            except Exception as exc:  # noqa: BLE001 -- any decoder failure is "unreadable", never fatal
-                reject(e, "unreadable", f"{type(exc).__name__}: {exc}")
-                bar.update(1)
-                continue
-            if batch and (len(batch) >= batch_size or batch[0][1].size != im.size):
-                flush(batch)
-                bar.update(len(batch))
-                batch = []
-            batch.append((e, im))
-        flush(batch)
-        bar.update(len(batch))
+        _process(mine, process, batch_size, bar)
     finally:
         bar.close()
-        kept_fh.close()
-        rej_fh.close()
-    with open(done_marker, "w") as fh:
-        fh.write("done\n")
-    with open(os.path.join(parts, ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        markers = [os.path.join(parts, f"done-{r}-of-{world}") for r in range(world)]
-        if all(os.path.exists(m) for m in markers):
-            _merge(out_dir, manifest_name, report)
+        parts.close()
+    parts.finish(out_dir, manifest_name, report)
     log.info("prepare: %d photos, %d done before (%d kept, %d rejected); this run: %d processed, %d kept, rejected %s, "
              "%d without caption%s", report.total, report.kept_before + report.rejected_before, report.kept_before,
              report.rejected_before, report.processed, report.kept, dict(report.rejected) or "none",
