@@ -39,8 +39,8 @@ def _photo_folder(root):
     return photos, masks, expected
 
 
-def _generate(*args) -> int:
-    return cli.main(["generate", *map(str, args), "--size", "64", "--steps", "2", "--no-progress", "--device", "cpu"])
+def _generate(*args, steps: int = 2) -> int:
+    return cli.main(["generate", *map(str, args), "--size", "64", "--steps", str(steps), "--no-progress", "--device", "cpu"])
 
 
 def test_generate_folder_writes_images_masks_and_an_evaluator_manifest(tiny_sd, tmp_path, capsys):
@@ -150,3 +150,223 @@ def test_generate_argument_errors(tiny_sd, tmp_path, capsys):
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(bad / "square.png")
     assert _generate(photos / "square.png", "--pipeline", tiny_sd.hf_pipeline_dir, "--masks", bad, *common) == 2
     assert "give a mask of the photo itself" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- re-runs and the manifest
+def _one_photo(tmp_path):
+    photos, masks, _ = _photo_folder(tmp_path)
+    (photos / "wide.png").unlink()
+    return photos, masks
+
+
+def _manifest_bytes(out):
+    return (out / "manifest.json").read_bytes(), (out / "manifest.csv").read_bytes()
+
+
+def test_rerun_with_other_settings_refuses_and_keeps_the_manifest_true(tiny_sd, tmp_path, capsys):
+    photos, masks = _one_photo(tmp_path)
+    out = tmp_path / "out"
+    common = [photos, "--pipeline", tiny_sd.hf_pipeline_dir, "--masks", masks, "--output-dir", out]
+    assert _generate(*common, "--prompt", "a swan") == 0
+    before = _manifest_bytes(out)
+    picture = (out / "generated" / "square_s0.png").read_bytes()
+    meta = json.loads(before[0])
+    assert meta["rows"][0]["settings"]["prompt"] == "a swan" and meta["rows"][0]["images"][0]["seed"] == 0
+    for extra, named in [(["--prompt", "a kitchen"], "prompt"), (["--prompt", "a swan", "--paste-back"], "paste_back"),
+                         (["--prompt", "a swan", "--controlnet-scale", "0"], "controlnet_scale"),
+                         (["--prompt", "a swan", "--guidance", "3"], "guidance"),
+                         (["--prompt", "a swan", "--scheduler", "ddim"], "scheduler")]:
+        capsys.readouterr()
+        assert _generate(*common, *extra) == 2, extra
+        err = capsys.readouterr().err
+        assert "other settings" in err and named in err and "--overwrite" in err
+        assert _manifest_bytes(out) == before  # the old images keep their true record
+        assert (out / "generated" / "square_s0.png").read_bytes() == picture
+    assert _generate(*common, "--prompt", "a swan", steps=3) == 2
+    assert "steps" in capsys.readouterr().err and _manifest_bytes(out) == before
+    # same settings: nothing to do, nothing rewritten
+    capsys.readouterr()
+    assert _generate(*common, "--prompt", "a swan") == 0
+    assert "nothing to do" in capsys.readouterr().out and _manifest_bytes(out) == before
+    # --overwrite redoes it with the new settings, and the manifest says so
+    assert _generate(*common, "--prompt", "a kitchen", "--overwrite") == 0
+    rows = json.loads((out / "manifest.json").read_text())["rows"]
+    assert [(r["id"], r["prompt"], r["settings"]["prompt"], r["seeds"]) for r in rows] == [("square", "a kitchen", "a kitchen", "0")]
+    assert (out / "generated" / "square_s0.png").read_bytes() != picture
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]  # atomic writes leave no temporary files
+
+
+def test_rerun_adds_to_the_rows_of_earlier_runs_without_rewriting_them(tiny_sd, tmp_path):
+    photos, masks, _ = _photo_folder(tmp_path)
+    out = tmp_path / "out"
+    common = ["--pipeline", tiny_sd.hf_pipeline_dir, "--masks", masks, "--prompt", "a swan", "--output-dir", out]
+    assert _generate(photos / "square.png", *common, "--restore") == 0
+    first = json.loads((out / "manifest.json").read_text())["rows"][0]
+    assert first["restored"] == "restored/square_s0.png"
+    # another photo, then another seed of the first: earlier rows stay as they were (restored included)
+    assert _generate(photos / "wide.png", *common) == 0
+    assert _generate(photos / "square.png", *common, "--seed", "1") == 0
+    rows = {r["id"]: r for r in json.loads((out / "manifest.json").read_text())["rows"]}
+    assert set(rows) == {"square", "wide"}
+    assert rows["square"]["seeds"] == "0;1" and rows["square"]["restored"] == "restored/square_s0.png"
+    assert rows["square"]["settings"] == first["settings"]
+    with open(out / "manifest.csv", newline="") as fh:
+        table = {r["id"]: r for r in csv.DictReader(fh)}
+    assert table["square"]["generated"] == "generated/square_s0.png;generated/square_s1.png"
+    assert table["wide"]["generated"] == "generated/wide_s0.png"
+
+
+def test_images_the_manifest_does_not_describe_are_not_taken_as_done(tiny_sd, tmp_path, capsys):
+    photos, masks = _one_photo(tmp_path)
+    out = tmp_path / "out"
+    (out / "generated").mkdir(parents=True)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(out / "generated" / "square_s0.png")
+    args = [photos, "--pipeline", tiny_sd.hf_pipeline_dir, "--masks", masks, "--prompt", "a swan", "--output-dir", out]
+    assert _generate(*args) == 2
+    assert "does not describe" in capsys.readouterr().err
+    assert _generate(*args, "--overwrite") == 0
+    assert np.asarray(Image.open(out / "generated" / "square_s0.png")).max() > 0
+
+
+# ---------------------------------------------------------------------------------------------- ids
+def test_photos_sharing_a_name_get_distinct_outputs(tiny_sd, tmp_path):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "photos"
+    for rel in ("a/x.png", "b/x.png", "x_2.png", "plain.png"):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / rel)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for stem in ("a__x", "b__x", "x_2", "plain"):
+        Image.fromarray(np.full((64, 64), 255 * (stem != "plain"), np.uint8)).save(masks / f"{stem}_mask.png")
+    out = tmp_path / "out"
+    assert _generate(folder, "--pipeline", tiny_sd.hf_pipeline_dir, "--masks", masks, "--prompt", "a swan",
+                     "--output-dir", out) == 0
+    assert sorted(p.name for p in (out / "generated").iterdir()) == ["a__x_s0.png", "b__x_s0.png", "plain_s0.png", "x_2_s0.png"]
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["a__x.png", "b__x.png", "plain.png", "x_2.png"]
+    assert np.asarray(Image.open(out / "masks" / "plain.png")).max() == 0  # each photo got its own mask
+
+
+def test_collect_items_ids_are_unique_and_independent_of_order(tmp_path):
+    from salient_background.commands.generate import collect_items
+
+    for rel in ("a/x.png", "b/x.png", "x_2.png", "x.png", "x.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / rel)
+    singles = [str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.png"), str(tmp_path / "x_2.png")]
+    ids = {os.path.relpath(i.path, tmp_path): i.id for i in collect_items(singles)}
+    assert len(set(ids.values())) == 3 and ids["x_2.png"] == "x_2"
+    assert ids["a/x.png"].startswith("x+") and ids["b/x.png"].startswith("x+")
+    assert {os.path.relpath(i.path, tmp_path): i.id for i in collect_items(singles[::-1])} == ids
+    in_folder = {os.path.relpath(i.path, tmp_path): i.id for i in collect_items([str(tmp_path)])}
+    assert in_folder["a/x.png"] == "a__x" and in_folder["x_2.png"] == "x_2"
+    assert in_folder["x.png"] != in_folder["x.jpg"] and len(set(in_folder.values())) == 5
+    # the same file given twice (the folder and a file in it) is one input
+    assert len(collect_items([str(tmp_path), str(tmp_path / "x_2.png")])) == 5
+
+
+# ---------------------------------------------------------------------------------------------- checks before heavy work
+def _forbid_models(monkeypatch):
+    import salient_background.models.pipeline as pipeline
+    import salient_background.models.salient as salient
+
+    def forbidden(*a, **k):
+        raise AssertionError("a model was loaded before the options were checked")
+
+    monkeypatch.setattr(salient, "load_salient_model", forbidden)
+    monkeypatch.setattr(pipeline, "load_pipeline", forbidden)
+
+
+def test_bad_options_fail_before_any_model_or_output(tiny_sd, tmp_path, monkeypatch, capsys):
+    photos, masks, _ = _photo_folder(tmp_path)
+    ckpt = tmp_path / "ckpt_base.pth"
+    ckpt.write_bytes(b"")
+    _forbid_models(monkeypatch)
+    out = tmp_path / "o"
+    common = ["--output-dir", out, "--prompt", "x", "--salient-checkpoint", ckpt]
+    cases = [
+        ((photos, "--pipeline", tiny_sd.hf_pipeline_dir, "--scheduler", "bogus", *common), "unknown --scheduler 'bogus'"),
+        ((photos, "--si2", tmp_path / "nope", "--controlnet", tiny_sd.hf_pipeline_dir, *common), "--si2"),
+        ((photos, "--si2", tiny_sd.si2_dir, "--controlnet", tmp_path / "nope.pth", *common), "--controlnet"),
+        ((photos, "--pipeline", tmp_path / "nope", *common), "--pipeline"),
+        ((photos, "--pipeline", tiny_sd.si2_dir, *common), "no 'controlnet/' folder"),
+        ((photos, "--pipeline", tiny_sd.hf_pipeline_dir, "--output-dir", out, "--prompt", "x",
+          "--salient-checkpoint", tmp_path / "missing.pth"), "--salient-checkpoint"),
+        ((photos, "--pipeline", tiny_sd.hf_pipeline_dir, *common, "--device", "gpu0"), "unknown device"),
+        ((photos, "--pipeline", tiny_sd.hf_pipeline_dir, "--masks", masks, "--prompt", "x",
+          "--output-dir", ckpt), "is a file"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(((photos, "--pipeline", tiny_sd.hf_pipeline_dir, *common, "--device", "cuda"), "no usable CUDA"))
+    for args, message in cases:
+        capsys.readouterr()
+        assert cli.main(["generate", *map(str, args), "--no-progress"]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and message in err, (args, err)
+        assert not out.exists()  # nothing written
+
+
+def test_a_run_with_nothing_to_do_does_not_run_the_salient_model_again(tiny_sd, tmp_path, monkeypatch, capsys):
+    import salient_background.models.salient as salient
+
+    photos, _, _ = _photo_folder(tmp_path)
+    ckpt = tmp_path / "ckpt_base.pth"
+    ckpt.write_bytes(b"")
+    loads = []
+
+    class StubSegmenter:
+        def predict(self, images, **kw):
+            maps = torch.zeros(images.shape[:3])
+            maps[:, 8:56, 8:56] = 1.0
+            return salient.SalientPrediction(maps=maps, raw_max=torch.ones(images.shape[0]), empty=[False] * images.shape[0])
+
+    monkeypatch.setattr(salient, "load_salient_model", lambda *a, **k: loads.append(1) or StubSegmenter())
+    args = [photos, "--pipeline", tiny_sd.hf_pipeline_dir, "--salient-checkpoint", ckpt, "--prompt", "a swan",
+            "--output-dir", tmp_path / "out"]
+    assert _generate(*args) == 0 and loads == [1]
+    masks_before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "masks").iterdir()}
+    capsys.readouterr()
+    assert _generate(*args) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert loads == [1]  # not loaded (nor run) again
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "masks").iterdir()} == masks_before
+
+
+# ---------------------------------------------------------------------------------------------- feedback
+def test_progress_bar_counts_every_image_of_every_batch(tiny_sd, tmp_path, monkeypatch):
+    import tqdm.auto
+
+    bars = []
+
+    class RecordingBar:
+        def __init__(self, total=None, **kw):
+            self.total, self.n = total, 0
+            bars.append(self)
+
+        def update(self, k=1):
+            self.n += k
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
+    photos, masks = _one_photo(tmp_path)
+    assert _generate(photos, "--pipeline", tiny_sd.hf_pipeline_dir, "--masks", masks, "--prompt", "a swan",
+                     "--num-images", "7", "--batch-size", "4", "--output-dir", tmp_path / "out") == 0
+    assert len(list((tmp_path / "out" / "generated").iterdir())) == 7
+    assert len(bars) == 1 and bars[0].total == 7 * 2 and bars[0].n == bars[0].total  # 7 images x 2 steps
+
+
+def test_warns_when_framing_leaves_the_object_tiny(tiny_sd, tmp_path, caplog):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.full((40, 640, 3), 128, np.uint8)).save(photos / "strip.png")  # 640x40 -> 64x4 on a 64 canvas
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    m = np.zeros((40, 640), np.uint8)
+    m[:, 100:540] = 255
+    Image.fromarray(m).save(masks / "strip_mask.png")
+    with caplog.at_level("WARNING", logger="salient_background"):
+        assert _generate(photos, "--pipeline", tiny_sd.hf_pipeline_dir, "--masks", masks, "--prompt", "a swan",
+                         "--output-dir", tmp_path / "out") == 0
+    assert any("strip.png" in r.getMessage() and "44x4" in r.getMessage() for r in caplog.records), caplog.text
