@@ -120,16 +120,24 @@ def read_manifest(path: str) -> list[dict]:
         p = p.strip()
         return p if not p or os.path.isabs(p) else os.path.join(base, p)
 
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"mask", "generated"} - set(reader.fieldnames or [])
-        if missing:
-            raise InputError(f"manifest {path!r} lacks the column(s) {sorted(missing)}; its header is {reader.fieldnames}")
-        rows = []
-        for n, rec in enumerate(reader, 2):
-            for gen in filter(None, (g.strip() for g in (rec.get("generated") or "").split(";"))):
-                rows.append({"id": (rec.get("id") or "").strip() or _mask_key(rec["mask"]), "mask": resolve(rec["mask"]),
-                             "generated": resolve(gen), "original": resolve(rec.get("original") or "")})
+    if not os.path.isfile(path):
+        raise InputError(f"manifest {path!r} not found{' (it is a folder)' if os.path.isdir(path) else ''}: give the "
+                         "CSV file that lists mask and generated")
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            header, records = reader.fieldnames or [], list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read the manifest {path!r}: {exc}") from None
+    missing = {"mask", "generated"} - set(header)
+    if missing:
+        raise InputError(f"manifest {path!r} lacks the column(s) {sorted(missing)}; its header is {header}")
+    rows = []
+    for rec in records:
+        for gen in filter(None, (g.strip() for g in (rec.get("generated") or "").split(";"))):
+            rows.append({"id": (rec.get("id") or "").strip() or _mask_key(rec["mask"] or ""),
+                         "mask": resolve(rec["mask"] or ""), "generated": resolve(gen),
+                         "original": resolve(rec.get("original") or "")})
     if not rows:
         raise InputError(f"manifest {path!r} lists no generated image")
     return rows
@@ -221,22 +229,27 @@ def compare_runs(run_a: str, run_b: str, out=None) -> dict:
 
 
 def resolve_sam(name: str) -> str:
-    """A path, or a file name looked up in ComfyUI's ``sams`` folders (found as the ``download`` command finds
-    them: the ComfyUI around the pack, ``COMFYUI_PATH``, its extra_model_paths.yaml)."""
+    """A path, or a file name (or a download name such as ``sam-vit-b``) looked up in ComfyUI's ``sams`` folders
+    (found as the ``download`` command finds them: the ComfyUI around the pack, ``COMFYUI_PATH``, its
+    extra_model_paths.yaml)."""
     from ..models.model_paths import discover
-    from ..models.sam import WHERE_TO_GET
+    from ..models.model_registry import lookup, where_to_get
 
     if os.path.isfile(name):
         return name
+    if os.path.isdir(name):
+        raise InputError(f"--sam {name!r} is a folder: give a SAM checkpoint file (e.g. sam_vit_b_01ec64.pth)")
+    published = [m for m in lookup(name) if m.folder == "sams"]
     try:
         folders = discover().paths("sams")
     except UserFacingError:
         folders = []
     for base in folders:
-        if os.path.isfile(os.path.join(base, name)):
-            return os.path.join(base, name)
+        for candidate in [name] + [m.filename for m in published]:
+            if os.path.isfile(os.path.join(base, candidate)):
+                return os.path.join(base, candidate)
     raise InputError(f"SAM checkpoint {name!r} not found (not a file; searched: {', '.join(folders) or 'no sams folder known'}). "
-                     f"{WHERE_TO_GET} Or: python -m salient_background download sam-vit-b")
+                     + where_to_get(published or "sam"))
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -268,6 +281,14 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("give --masks and --generated, or --manifest (or --compare RUN_A RUN_B)")
         compare_runs(*args.compare)
         return 0
+    _check_options(args)
+    summary = evaluate(args)
+    if args.compare:
+        compare_runs(*args.compare)
+    return 1 if summary.get("failed") else 0
+
+
+def _check_options(args: argparse.Namespace) -> None:
     if args.manifest and (args.masks or args.generated):
         raise InputError("give either --manifest or --masks/--generated, not both")
     if not args.manifest and not (args.masks and args.generated):
@@ -276,20 +297,43 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--sam (a SAM checkpoint) and --output (a folder) are required for an evaluation")
     if args.points < 1:
         raise InputError("--points must be at least 1")
-    evaluate(args)
-    if args.compare:
-        compare_runs(*args.compare)
-    return 0
+    if args.salient_checkpoint and not os.path.isfile(args.salient_checkpoint):
+        raise InputError(f"--salient-checkpoint {args.salient_checkpoint!r} is not a file")
 
 
 def evaluate(args: argparse.Namespace) -> dict:
+    """Score every generated image not yet in the output CSV; write the summary. Its ``failed`` list holds the
+    images that could not be scored (unreadable files), each with the reason; they are retried by a re-run."""
     import torch
 
-    from ..models.expansion import score_expansion, signed_salient_change
-    from ..models.precision import default_device
+    from ..models.precision import parse_device
     from ..models.sam import load_sam
+    from .common import ensure_output_dir
 
-    sam_path = resolve_sam(args.sam)  # fail fast, before reading the folders
+    # everything cheap first: the SAM file, the inputs, the device and the output folder, before any model loads
+    sam_path = resolve_sam(args.sam)
+    rows = collect_rows(args)
+    device = parse_device(args.device)
+    ensure_output_dir(args.output, "--output folder")
+
+    loaded = load_sam(sam_path)
+    model = loaded.model.to(device)
+    settings = _settings(args, sam_path, loaded.variant)
+    done = _open_output(args, settings)
+    fields = _csv_fields(args)
+    todo = _start_csv(os.path.join(args.output, CSV_NAME), fields, done, rows)
+
+    salient = None
+    if args.salient_checkpoint:
+        from ..models.salient import load_salient_model
+
+        salient = load_salient_model(args.salient_checkpoint, mode=args.salient_mode, device=device, dtype=torch.float32)
+    failed = _score_rows(todo, len(rows), model, salient, args, fields)
+    return _write_summary(args, settings, failed)
+
+
+def collect_rows(args: argparse.Namespace) -> list[dict]:
+    """The (mask, generated, original) rows to score, with absolute paths; a missing file is an error now."""
     rows = read_manifest(args.manifest) if args.manifest else pair_folders(args.masks, args.generated, args.originals)
     for row in rows:
         row["generated"] = os.path.abspath(row["generated"])
@@ -298,25 +342,28 @@ def evaluate(args: argparse.Namespace) -> dict:
         for key in ("mask", "generated"):
             if not os.path.isfile(row[key]):
                 raise InputError(f"{key} file not found: {row[key]!r}")
+    return rows
 
-    os.makedirs(args.output, exist_ok=True)
-    csv_path = os.path.join(args.output, CSV_NAME)
-    settings_path = os.path.join(args.output, SETTINGS_NAME)
-    device = torch.device(args.device) if args.device else default_device()
-    loaded = load_sam(sam_path)
-    model = loaded.model.to(device)
-    settings = {
-        "sam_file": os.path.basename(args.sam), "sam_bytes": os.path.getsize(sam_path), "sam_variant": loaded.variant,
+
+def _settings(args: argparse.Namespace, sam_path: str, sam_variant: str) -> dict:
+    return {
+        "sam_file": os.path.basename(args.sam), "sam_bytes": os.path.getsize(sam_path), "sam_variant": sam_variant,
         "points": args.points, "seed": args.seed, "mask_choice": args.mask_choice,
         "negative_points": False, "box": False, "binarise": ">= 0.5",
         "salient_checkpoint": os.path.basename(args.salient_checkpoint) if args.salient_checkpoint else None,
         "salient_mode": args.salient_mode if args.salient_checkpoint else None,
     }
+
+
+def _open_output(args: argparse.Namespace, settings: dict) -> list[dict]:
+    """Start afresh (--overwrite) or resume: refuse a folder holding a run with other settings; record ours.
+    Returns the rows already scored."""
     if args.overwrite:
         for name in (CSV_NAME, SUMMARY_NAME, SETTINGS_NAME):
             if os.path.exists(os.path.join(args.output, name)):
                 os.remove(os.path.join(args.output, name))
-    done = read_results(csv_path)
+    settings_path = os.path.join(args.output, SETTINGS_NAME)
+    done = read_results(os.path.join(args.output, CSV_NAME))
     if os.path.isfile(settings_path):
         with open(settings_path, encoding="utf-8") as fh:
             previous = json.load(fh)
@@ -327,42 +374,57 @@ def evaluate(args: argparse.Namespace) -> dict:
                 "options, choose another --output, or pass --overwrite to start again")
     with open(settings_path, "w", encoding="utf-8") as fh:
         json.dump(settings, fh, indent=2)
+    return done
 
+
+def _csv_fields(args: argparse.Namespace) -> list[str]:
     fields = ["id", "generated", "mask", "original"] + SCORE_FIELDS
     if args.salient_checkpoint:
         fields.append("salient_signed")
-    fields.append("seconds")
+    return fields + ["seconds"]
+
+
+def _start_csv(csv_path: str, fields: list[str], done: list[dict], rows: list[dict]) -> list[dict]:
+    """Rewrite the CSV with its complete rows only (drops a row cut short by an interruption); return the rows
+    still to score, those of one mask adjacent."""
     done_keys = {r["generated"] for r in done}
     todo = sorted((r for r in rows if r["generated"] not in done_keys), key=lambda r: r["mask"])  # stable
-    # rewrite the CSV with its complete rows only (drops a row cut short by an interruption)
     with open(csv_path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(done)
     if done:
         log.info("resuming: %d of %d images already scored in %s", len(rows) - len(todo), len(rows), csv_path)
+    return todo
 
-    salient = None
-    if args.salient_checkpoint:
-        from ..models.salient import load_salient_model
 
-        salient = load_salient_model(args.salient_checkpoint, mode=args.salient_mode, device=device, dtype=torch.float32)
+def _score_rows(todo: list[dict], total: int, model, salient, args: argparse.Namespace, fields: list[str]) -> list[dict]:
+    """Score ``todo`` into the CSV, one flushed row per image; an unreadable image or mask is logged, skipped and
+    returned (with the reason) instead of stopping the batch."""
+    from ..models.expansion import score_expansion, signed_salient_change
 
-    bar = _progress(len(rows), len(rows) - len(todo), args.no_progress)
-    mask_cache: dict[str, torch.Tensor] = {}
+    bar = _progress(total, total - len(todo), args.no_progress)
+    mask_cache: dict = {}
     prompt_cache: dict = {}
-    with open(csv_path, "a", newline="", encoding="utf-8") as fh:
+    failed = []
+    with open(os.path.join(args.output, CSV_NAME), "a", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         for row in todo:
             start = time.perf_counter()
-            if row["mask"] not in mask_cache:
-                mask_cache.clear()  # rows of one mask are adjacent (sorted); keep one mask and its prompts
-                prompt_cache.clear()
-                mask_cache[row["mask"]] = load_mask(row["mask"])
-            mask = mask_cache[row["mask"]]
-            image = load_image(row["generated"])
-            result = score_expansion(model, image, mask, points=args.points, seed=args.seed, mask_choice=args.mask_choice,
-                                     prompt_cache=prompt_cache)
+            try:
+                if row["mask"] not in mask_cache:
+                    mask_cache.clear()  # rows of one mask are adjacent (sorted); keep one mask and its prompts
+                    prompt_cache.clear()
+                    mask_cache[row["mask"]] = _read_item(load_mask, row["mask"], "mask")
+                mask = mask_cache[row["mask"]]
+                image = _read_item(load_image, row["generated"], "generated image")
+                result = score_expansion(model, image, mask, points=args.points, seed=args.seed,
+                                         mask_choice=args.mask_choice, prompt_cache=prompt_cache)
+            except InputError as exc:
+                log.error("skipped %s: %s", row["generated"], exc)
+                failed.append({"generated": row["generated"], "mask": row["mask"], "reason": str(exc)})
+                bar.update(1)
+                continue
             record = dict(row, **result.scores[0].as_dict())
             if salient is not None:
                 maps = salient.predict(image, resize="dynamic").maps.float().cpu()
@@ -372,9 +434,21 @@ def evaluate(args: argparse.Namespace) -> dict:
             fh.flush()
             bar.update(1)
     bar.close()
+    return failed
 
-    all_rows = read_results(csv_path)
-    summary = summarise(all_rows, args.threshold, settings)
+
+def _read_item(loader, path: str, what: str):
+    """``loader(path)``, an unreadable file becoming an :class:`InputError` that names it."""
+    try:
+        return loader(path)
+    except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise InputError(f"cannot read the {what} {path} ({exc})") from None
+
+
+def _write_summary(args: argparse.Namespace, settings: dict, failed: list[dict]) -> dict:
+    summary = summarise(read_results(os.path.join(args.output, CSV_NAME)), args.threshold, settings)
+    if failed:
+        summary["failed"] = failed
     with open(os.path.join(args.output, SUMMARY_NAME), "w", encoding="utf-8") as fh:
         json.dump(summary, fh, indent=2)
     rel = summary.get("expansion_relative", {})
@@ -384,4 +458,7 @@ def evaluate(args: argparse.Namespace) -> dict:
               f"{100 * args.threshold:g} %; {rel['undefined']} undefined. Results in {args.output}")
     else:
         print(f"{summary['images']} images, no defined score. Results in {args.output}")
+    if failed:
+        print(f"{len(failed)} image(s) could not be scored (listed with the reason under 'failed' in "
+              f"{os.path.join(args.output, SUMMARY_NAME)}); a re-run retries them", file=sys.stderr)
     return summary

@@ -202,3 +202,96 @@ def test_salient_column_uses_the_salient_model_api(dataset, tmp_path, monkeypatc
     assert float(rows["cat_black_seed3.png"]["salient_signed"]) == pytest.approx(0.5 - 600 / (40 * 56))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["salient_signed"]["count"] == 3
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+@pytest.fixture()
+def no_model_load(monkeypatch):
+    """Fails the test if evaluate loads SAM: each of these inputs must be refused before any model loads."""
+    import salient_background.models.sam as sam
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the input was validated")
+
+    monkeypatch.setattr(sam, "load_sam", refuse)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [l for l in err.splitlines() if l.startswith("error: ")]
+    return line
+
+
+def test_missing_manifest_names_the_file(tmp_path, capsys, no_model_load):
+    assert main(["evaluate", "--manifest", str(tmp_path / "missing.csv"), "--sam", cached_checkpoint("tiny"),
+                 "--output", str(tmp_path / "o")]) == 2
+    line = _one_error_line(capsys)
+    assert "manifest" in line and "missing.csv" in line and "not found" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_manifest_naming_a_missing_image_is_refused_before_loading_sam(dataset, tmp_path, capsys, no_model_load):
+    manifest = dataset / "list.csv"
+    manifest.write_text("mask,generated\nmasks/cat.png,generated/nope.png\n")
+    assert main(["evaluate", "--manifest", str(manifest), "--sam", cached_checkpoint("tiny"),
+                 "--output", str(tmp_path / "o")]) == 2
+    assert "nope.png" in _one_error_line(capsys)
+
+
+def test_unknown_sam_name_is_refused_with_the_registry_hint(dataset, tmp_path, capsys, no_model_load, monkeypatch):
+    monkeypatch.delenv("COMFYUI_PATH", raising=False)
+    assert _run(dataset, tmp_path / "o", "--sam", "sam_vit_b_01ec64.pth") == 2
+    line = _one_error_line(capsys)
+    assert "sam_vit_b_01ec64.pth" in line and "python -m salient_background download sam-vit-b" in line
+    assert "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth" in line
+    assert line.count("download sam-vit-b") == 1  # the hint once
+
+
+def test_sam_download_name_finds_the_file_in_comfyuis_sams_folder(dataset, tmp_path, monkeypatch):
+    import shutil
+
+    root = tmp_path / "ComfyUI"
+    (root / "models" / "sams").mkdir(parents=True)
+    shutil.copy(cached_checkpoint("tiny"), root / "models" / "sams" / "sam_vit_b_01ec64.pth")
+    monkeypatch.setenv("COMFYUI_PATH", str(root))
+    from salient_background.commands.evaluate import resolve_sam
+
+    assert resolve_sam("sam-vit-b") == str(root / "models" / "sams" / "sam_vit_b_01ec64.pth")
+
+
+@pytest.mark.parametrize("device,expected", [("gpu0", "unknown device"), ("cuda", "CUDA")])
+def test_bad_device_is_one_error_line(dataset, tmp_path, capsys, no_model_load, device, expected):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert _run(dataset, tmp_path / "o", "--device", device) == 2
+    assert expected in _one_error_line(capsys)
+
+
+def test_output_path_that_is_a_file_is_one_error_line(dataset, tmp_path, capsys, no_model_load):
+    (tmp_path / "taken").write_text("x")
+    assert _run(dataset, tmp_path / "taken") == 2
+    assert "is a file" in _one_error_line(capsys)
+
+
+def test_unreadable_image_or_mask_is_reported_and_skipped(dataset, tmp_path, capsys, caplog):
+    (dataset / "generated" / "cat_2.png").write_bytes(b"not an image")  # pairs with cat.png
+    (dataset / "masks" / "bird.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    _save_image(torch.rand(40, 56, 3), dataset / "generated" / "bird.png")
+    out = tmp_path / "run"
+    assert _run(dataset, out) == 1  # some items failed
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert "2 image(s) could not be scored" in captured.err
+    skipped = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(skipped) == 2 and all(m.startswith("skipped ") for m in skipped)
+    scored = {os.path.basename(r["generated"]) for r in _read_csv(out / "expansion.csv")}
+    assert scored == {"cat.png", "cat_1.png", "cat_black_seed3.png"}  # the rest of the batch went on
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 3
+    failed = {os.path.basename(f["generated"]): f["reason"] for f in summary["failed"]}
+    assert set(failed) == {"cat_2.png", "bird.png"}
+    assert "generated image" in failed["cat_2.png"] and "mask" in failed["bird.png"]
+    # a re-run retries only the failed ones (they still fail) and keeps the scored rows
+    assert _run(dataset, out) == 1
+    assert len(_read_csv(out / "expansion.csv")) == 3
