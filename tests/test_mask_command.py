@@ -1,0 +1,122 @@
+"""``python -m salient_background mask``: one output per input (no overwriting), clear errors, atomic files; and the
+shared id scheme of :mod:`models.item_ids`."""
+from __future__ import annotations
+
+import itertools
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from salient_background import cli
+from salient_background.commands.files import write_atomically
+from salient_background.models import item_ids
+
+
+@pytest.fixture
+def stub_salient(monkeypatch):
+    """InSPyReNet stand-in: the mask is the photo's red channel (so each output shows which photo it came from)."""
+    import salient_background.models.salient as salient
+
+    class Stub:
+        def predict(self, images, **kw):
+            maps = images[..., 0].float()
+            return salient.SalientPrediction(maps=maps, raw_max=torch.ones(images.shape[0]), empty=[False] * images.shape[0])
+
+    loads = []
+    monkeypatch.setattr(salient, "load_salient_model", lambda *a, **k: loads.append(1) or Stub())
+    return loads
+
+
+def _photo(path, red: int, size=(16, 12)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.zeros((size[1], size[0], 3), np.uint8)
+    pixels[..., 0] = red
+    Image.fromarray(pixels).save(path)
+
+
+def _mask(*args) -> int:
+    return cli.main(["mask", *map(str, args), "--checkpoint", "unused.pth", "--device", "cpu"])
+
+
+def test_inputs_sharing_a_file_name_do_not_overwrite_each_other(tmp_path, stub_salient):
+    photos = tmp_path / "photos"
+    _photo(photos / "a" / "x.png", 10)
+    _photo(photos / "b" / "x.png", 20)
+    _photo(photos / "y.png", 30)
+    out = tmp_path / "out"
+    assert _mask(photos, "--output-dir", out) == 0
+    names = sorted(os.listdir(out))
+    assert names == ["a__x_cutout.png", "a__x_mask.png", "b__x_cutout.png", "b__x_mask.png", "y_cutout.png", "y_mask.png"]
+    assert np.asarray(Image.open(out / "a__x_mask.png")).max() == 10 and np.asarray(Image.open(out / "b__x_mask.png")).max() == 20
+    # two files with one name given on their own: a suffix from the path, the same whatever the order
+    single = tmp_path / "single"
+    assert _mask(photos / "b" / "x.png", photos / "a" / "x.png", "--output-dir", single) == 0
+    first = sorted(os.listdir(single))
+    assert len(first) == 4 and all(n.startswith("x+") for n in first)
+    for name in os.listdir(single):
+        os.remove(single / name)
+    assert _mask(photos / "a" / "x.png", photos / "b" / "x.png", "--output-dir", single) == 0
+    assert sorted(os.listdir(single)) == first
+    assert not [n for n in os.listdir(out) + os.listdir(single) if n.endswith(".tmp")]
+
+
+def test_simple_folder_keeps_its_names_next_to_the_photos(tmp_path, stub_salient):
+    _photo(tmp_path / "cat.png", 50)
+    _photo(tmp_path / "cat.jpg", 60)  # same stem in the same folder: would share cat_mask.png
+    assert _mask(tmp_path / "cat.png") == 0
+    assert (tmp_path / "cat_mask.png").is_file() and (tmp_path / "cat_cutout.png").is_file()
+    os.remove(tmp_path / "cat_mask.png")
+    os.remove(tmp_path / "cat_cutout.png")
+    assert _mask(tmp_path) == 0
+    masks = sorted(n for n in os.listdir(tmp_path) if n.endswith("_mask.png"))
+    assert len(masks) == 2 and all(n.startswith("cat+") for n in masks)
+
+
+def test_bad_output_folder_and_device_are_one_line_errors_before_the_model_loads(tmp_path, stub_salient, capsys):
+    _photo(tmp_path / "p.png", 1)
+    (tmp_path / "file.txt").write_text("x")
+    assert _mask(tmp_path / "p.png", "--output-dir", tmp_path / "file.txt") == 2
+    assert "is a file" in capsys.readouterr().err
+    assert cli.main(["mask", str(tmp_path / "p.png"), "--checkpoint", "c.pth", "--device", "gpu0"]) == 2
+    assert "unknown device" in capsys.readouterr().err
+    assert stub_salient == []
+
+
+# ---------------------------------------------------------------------------------------------- the id scheme
+def test_ids_keep_simple_names_and_never_collide_whatever_the_order():
+    inputs = [("/p/a/x.png", "a__x"), ("/p/b/x.png", "b__x"), ("/p/x.png", "x"), ("/q/x.png", "x"), ("/p/x.jpg", "x"),
+              ("/p/a b.png", "a_b"), ("/p/a_b.png", "a_b"), ("/p/y.png", "y")]
+    ids = item_ids.assign_ids(inputs)
+    assert len(set(ids.values())) == len(inputs)
+    assert ids["/p/a/x.png"] == "a__x" and ids["/p/y.png"] == "y"
+    assert all(ids[i].startswith("x+") for i in ("/p/x.png", "/q/x.png", "/p/x.jpg"))
+    for order in itertools.permutations(inputs[:5]):
+        sub = item_ids.assign_ids(order)
+        assert sub == {identity: ids[identity] for identity, _ in inputs[:5]}
+    # a suffixed id cannot be another input's name: base names never contain the mark
+    assert item_ids.safe_name("x+1234abcd") == "x_1234abcd"
+    assert item_ids.colliding_groups(ids)["x"] == ["/p/x.jpg", "/p/x.png", "/q/x.png"]
+
+
+def test_base_names():
+    root = os.path.join("data", "photos")
+    assert item_ids.base_name(os.path.join(root, "a", "x.png"), root) == "a__x"
+    assert item_ids.base_name(os.path.join(root, "x.png"), root) == "x"
+    assert item_ids.base_name(os.path.join("elsewhere", "my photo.JPG")) == "my_photo"
+
+
+def test_write_atomically_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "manifest.csv"
+    target.write_text("old")
+
+    def fail(tmp):
+        with open(tmp, "w") as fh:
+            fh.write("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        write_atomically(str(target), fail)
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["manifest.csv"]
