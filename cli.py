@@ -14,7 +14,7 @@ import sys
 from .models.errors import UserFacingError
 
 # module names under salient_background.commands, in the order --help lists them
-COMMANDS = ["mask", "generate", "download", "evaluate", "train"]
+COMMANDS = ["demo", "mask", "generate", "download", "evaluate", "train"]
 
 
 def build_parser() -> argparse.ArgumentParser:
