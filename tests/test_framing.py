@@ -152,3 +152,43 @@ def test_paste_back_keeps_the_object_and_the_new_background_with_a_soft_seam():
 def test_paste_back_refuses_mismatched_sizes():
     with pytest.raises(InputError, match="Restore Frame"):
         paste_object_back(torch.zeros(1, 64, 64, 3), torch.zeros(1, 32, 32, 3), torch.zeros(1, 64, 64))
+
+
+def test_small_object_warning_names_the_object_size_after_framing():
+    # a 3000x200 photo whose object fills it: fitted into 512 it is a 512x34 strip
+    t = framing.fit_transform(200, 3000, 512)
+    assert (t.scaled_h, t.scaled_w) == (34, 512)
+    framed = framing.apply(torch.ones(1, 200, 3000), t, mode="bilinear")[0]
+    message = framing.small_object_warning(framed)
+    assert message is not None and "512x34" in message and "64" in message
+    assert framing.small_object_warning(rect_mask(512, 512, 100, 100, 164, 300)) is None  # 64 px: fine
+    assert framing.small_object_warning(rect_mask(512, 512, 100, 100, 163, 300)) is not None
+    assert framing.small_object_warning(torch.zeros(64, 64)) is None  # no object: another warning's job
+
+
+def test_frame_node_warns_about_a_tiny_object(caplog):
+    image = torch.rand(1, 20, 300, 3)
+    with caplog.at_level("WARNING", logger="salient_background"):
+        FrameForSD2().frame(image, "letterbox", 128, False, 0.25, object_mask=torch.ones(1, 20, 300))
+    assert any("128x9" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_choose_transform_is_the_one_framing_rule():
+    mask = rect_mask(400, 600, 150, 300, 200, 380)
+    assert framing.choose_transform(400, 600, framing.FIT, 256) == framing.fit_transform(400, 600, 256)
+    assert framing.choose_transform(400, 600, framing.CROP, 256, allow_upscale=True, margin=0.25, object_mask=mask) == \
+        framing.crop_transform(mask, 0.25, 256, allow_upscale=True)
+    with pytest.raises(InputError, match="mask"):
+        framing.choose_transform(400, 600, framing.CROP, 256)
+    with pytest.raises(InputError, match="unknown framing mode"):
+        framing.choose_transform(400, 600, "stretch", 256)
+
+
+def test_crop_to_multiple_centres_the_crop():
+    images = torch.arange(1 * 21 * 19 * 3, dtype=torch.float32).reshape(1, 21, 19, 3)
+    masks = torch.ones(1, 21, 19)
+    out_images, out_masks = framing.crop_to_multiple(images, masks, 8)
+    assert out_images.shape == (1, 16, 16, 3) and out_masks.shape == (1, 16, 16)
+    assert torch.equal(out_images, images[:, 2:18, 1:17])
+    with pytest.raises(InputError, match="at least 8"):
+        framing.crop_to_multiple(torch.zeros(1, 7, 30, 3), torch.zeros(1, 7, 30), 8)
