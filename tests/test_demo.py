@@ -144,3 +144,27 @@ def test_download_fetches_the_missing_models_then_runs(tiny_sd, tiny_single_file
         assert code == 0, capsys.readouterr().err
         assert sorted(path for path, _ in server.requests) == sorted(f"/{k}" for k in wanted)
     _check_outputs(out)
+
+
+def test_tools_demo_sh_installs_the_pack_then_runs_the_demo_with_download(tmp_path):
+    """tools/demo.sh against a stand-in environment whose ``python`` only records how it was called."""
+    import subprocess
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    log = tmp_path / "calls.txt"
+    (venv / "bin" / "activate").write_text(f'export PATH="{venv}/bin:$PATH"\n')
+    fake = venv / "bin" / "python"
+    fake.write_text(f'#!/bin/sh\necho "$PWD | $*" >> "{log}"\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, SALIENT_DEMO_VENV=str(venv))
+    result = subprocess.run(["bash", os.path.join(repo, "tools", "demo.sh"), "--prompt", "a red chair", "--steps", "3"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text().splitlines()
+    assert calls == [
+        f"{repo} | -c import torch",  # torch present: not reinstalled
+        f"{repo} | -m pip install --quiet -e .",
+        f"{repo} | -m salient_background demo --download --prompt a red chair --steps 3",
+    ]
