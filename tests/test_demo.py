@@ -168,3 +168,17 @@ def test_tools_demo_sh_installs_the_pack_then_runs_the_demo_with_download(tmp_pa
         f"{repo} | -m pip install --quiet -e .",
         f"{repo} | -m salient_background demo --download --prompt a red chair --steps 3",
     ]
+
+
+def test_readme_quick_start_shows_one_command_for_the_main_job_and_one_for_the_tests():
+    import re
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    readme = open(os.path.join(repo, "README.md"), encoding="utf-8").read()
+    quick = readme.split("<!-- section: quickstart -->", 1)[1].split("<!-- /section: quickstart -->", 1)[0]
+    top_level = quick.split("<details>", 1)[0] + quick.split("</details>", 1)[1]  # the by-hand steps are folded
+    assert re.findall(r"```bash\n(.*?)```", top_level, flags=re.S) == ["bash tools/demo.sh\n", "bash .ci/run\n"]
+    assert "RAM" in top_level and "per denoising step" in top_level
+    install = readme.split("## Install", 1)[1].split("<!-- section:", 1)[0]
+    assert "search for" not in install.split("Once it is")[0]  # no claim that it is listed today
+    assert "<this repository>" not in install and "github.com" not in install
