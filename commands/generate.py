@@ -15,8 +15,8 @@ Outputs in ``--output-dir``: ``inputs/<id>.png`` (the framed photo), ``masks/<id
 object), ``generated/<id>_s<seed>.png`` (``<id>_p<k>_s<seed>.png`` with several prompts), ``restored/`` (with
 ``--restore``: the results mapped back to the photo's own size), and ``manifest.csv`` / ``manifest.json``. The CSV has
 the columns ``id, mask, generated, original`` that ``python -m salient_background evaluate --manifest`` reads
-(``generated`` lists a row's images separated by ``;``). Re-running skips images already written (``--overwrite`` to
-redo them).
+(``generated`` lists a row's images separated by ``;``). Re-running skips images already made with the same
+settings (``--overwrite`` to redo them).
 
 Ids (``<id>`` above) follow :mod:`models.item_ids`: a photo's path below the folder given (``a/x.png`` -> ``a__x``),
 the stem of a file given on its own, or the manifest's ``id``; names that two inputs share get a ``+<hash>`` suffix.
@@ -79,7 +79,8 @@ def add_parser(subparsers) -> None:
     masks = parser.add_argument_group("object mask (one source)")
     masks.add_argument("--salient-checkpoint", help="InSPyReNet checkpoint (ckpt_base.pth) to find the object")
     masks.add_argument("--salient-mode", choices=["base", "fast"], default="base", help="salient model mode (default base)")
-    masks.add_argument("--masks", help="folder of object masks named <photo name>.png or <photo name>_mask.png")
+    masks.add_argument("--masks", help="folder of object masks named <id>_mask.png or <id>.png (what `mask --output-dir` "
+                                        "writes), or <photo name>_mask.png / <photo name>.png")
     frame = parser.add_argument_group("framing")
     frame.add_argument("--size", type=int, default=512, help="square canvas size (default 512, a multiple of 8)")
     frame.add_argument("--frame", choices=["fit", "crop"], default="fit",
@@ -93,7 +94,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
                         help="auto = fp16 on CUDA, fp32 otherwise")
-    parser.add_argument("--overwrite", action="store_true", help="regenerate images that already exist")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="regenerate images that already exist, even when made with other settings")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -255,6 +257,9 @@ def _validate_paths(args) -> None:
     for option, path in named:
         if path and not os.path.exists(path):
             raise InputError(f"{option} {path!r} does not exist")
+    from ..models.pipeline import validate_si2_path
+
+    validate_si2_path(args.pipeline or args.si2)  # folder layout, or a single file with its config (no weights read)
     if args.masks and not os.path.isdir(args.masks):
         raise InputError(f"--masks {args.masks!r} is not a folder")
     if args.salient_checkpoint and not os.path.isfile(args.salient_checkpoint):
@@ -301,8 +306,8 @@ def _prepare_items(items: list[Item], args) -> tuple[list[Item], int]:
 
 
 # ---------------------------------------------------------------------------------------------- settings and jobs
-ROW_KEYS = ("source", "mask_source", "prompt", "negative_prompt")  # per row; every other setting is per run
-PHOTO_KEYS = ("source", "mask_source", "size", "frame", "margin", "upscale")  # what inputs/<id>.png and masks/<id>.png depend on
+# what inputs/<id>.png and masks/<id>.png depend on
+PHOTO_KEYS = ("source", "mask_source", "size", "frame", "margin", "upscale")
 
 
 def _abs(path: Optional[str]) -> Optional[str]:
@@ -310,7 +315,8 @@ def _abs(path: Optional[str]) -> Optional[str]:
 
 
 def run_settings(args, dtype) -> dict:
-    """Everything of this run that changes the pixels of every image, besides the per-row prompt, photo and mask."""
+    """What changes the pixels of every image of this run; a row adds its photo, mask source, prompt and negative
+    prompt (:meth:`Job.settings`), an image its seed."""
     crop = args.frame == "crop"
     return {
         "pipeline": _abs(args.pipeline), "si2": _abs(args.si2),
@@ -334,7 +340,6 @@ class Job:
     negative_prompt: str
     seed: int
     name: str
-
     mask_source: str  # the mask file, or the salient model that finds the object
 
     def settings(self, run: dict) -> dict:
@@ -364,7 +369,7 @@ def _differing(old: dict, new: dict, keys=None) -> list[str]:
     return sorted(k for k in keys if old.get(k) != new.get(k))
 
 
-# ---------------------------------------------------------------------------------------------- the output folder's manifest
+# ---------------------------------------------------------------------------------------------- the output manifest
 def read_rows(out: str) -> dict[str, dict]:
     """The rows of ``out/manifest.json`` that still describe files there, by id (images whose file is gone are dropped;
     rows of an older version, which recorded no per-row settings, are left out: their images count as undescribed)."""
@@ -377,11 +382,12 @@ def read_rows(out: str) -> dict[str, dict]:
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read {path!r} ({exc}): choose another --output-dir, or remove that file") from exc
     rows = {}
+    exists = lambda rel: bool(rel) and os.path.isfile(os.path.join(out, rel))  # noqa: E731
     for row in data.get("rows", []) if isinstance(data, dict) else []:
-        if not isinstance(row, dict) or not isinstance(row.get("settings"), dict) or not isinstance(row.get("images"), list):
+        if not (isinstance(row, dict) and isinstance(row.get("settings"), dict) and isinstance(row.get("images"), list)):
             continue
-        images = [dict(im, restored=im.get("restored") if im.get("restored") and os.path.isfile(os.path.join(out, im["restored"])) else "")
-                  for im in row["images"] if os.path.isfile(os.path.join(out, im["generated"]))]
+        images = [dict(im, restored=im.get("restored") if exists(im.get("restored")) else "")
+                  for im in row["images"] if exists(im.get("generated"))]
         if images:
             rows[row["id"]] = dict(row, images=images)
     return rows
@@ -389,7 +395,8 @@ def read_rows(out: str) -> dict[str, dict]:
 
 def _csv_row(row: dict) -> dict:
     images = sorted(row["images"], key=lambda im: im["seed"])
-    return dict(row, generated=";".join(im["generated"] for im in images), seeds=";".join(str(im["seed"]) for im in images),
+    return dict(row, generated=";".join(im["generated"] for im in images),
+                seeds=";".join(str(im["seed"]) for im in images),
                 restored=";".join(im["restored"] for im in images if im["restored"]))
 
 
@@ -416,7 +423,8 @@ def write_manifest(out: str, rows: dict[str, dict], run: dict) -> None:
 
 def _new_row(job: Job, run: dict, framed: "FramedPhoto", out: str) -> dict:
     return {
-        "id": job.tag, "mask": os.path.relpath(framed.mask_path, out), "original": os.path.relpath(framed.input_path, out),
+        "id": job.tag, "mask": os.path.relpath(framed.mask_path, out),
+        "original": os.path.relpath(framed.input_path, out),
         "source": _abs(job.item.path), "prompt": job.prompt, "negative_prompt": job.negative_prompt,
         "controlnet_scale": run["controlnet_scale"], "frame": framed.transform.to_dict(), "settings": job.settings(run),
         "images": [],
@@ -553,7 +561,8 @@ def frame_photo(item: Item, args, salient, dirs: dict) -> Optional[FramedPhoto]:
     warning = framing.small_object_warning(as_tensor(framed_mask))
     if warning:
         log.warning("%s: %s", item.path, warning)
-    result = FramedPhoto(transform, os.path.join(dirs["inputs"], item.id + ".png"), os.path.join(dirs["masks"], item.id + ".png"))
+    name = item.id + ".png"
+    result = FramedPhoto(transform, os.path.join(dirs["inputs"], name), os.path.join(dirs["masks"], name))
     save_image_atomically(framed, result.input_path)
     save_image_atomically(framed_mask, result.mask_path)
     return result
@@ -623,11 +632,10 @@ def _write_picture(job: Job, picture, photo: FramedPhoto, args, dirs: dict) -> s
     return os.path.join("restored", job.name)
 
 
-def generate_all(todo: list[Job], framed: dict[str, FramedPhoto], pipe, args, on_written) -> None:
+def generate_all(todo: list[Job], framed: dict[str, FramedPhoto], pipe, args, dirs: dict, on_written) -> None:
     """Run the jobs ``--batch-size`` at a time; ``on_written(job, restored path)`` after each image is saved."""
     from tqdm.auto import tqdm
 
-    dirs = _output_dirs(os.path.abspath(args.output_dir))
     bar = tqdm(total=len(todo) * args.steps, unit="step", disable=args.no_progress, desc="generate")
     try:
         for start in range(0, len(todo), args.batch_size):
@@ -679,6 +687,6 @@ def run(args: argparse.Namespace) -> int:
         _record_image(rows, job, settings, framed[job.item.id], out, restored)
         write_manifest(out, rows, settings)
 
-    generate_all(todo, framed, pipe, args, on_written)
+    generate_all(todo, framed, pipe, args, dirs, on_written)
     print(f"wrote {len(todo)} image(s) to {dirs['generated']}; manifest {os.path.join(out, 'manifest.csv')}")
     return 1 if failures else 0

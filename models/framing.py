@@ -288,7 +288,7 @@ def choose_transform(
 
 
 class FrameRecord:
-    """The frames of a batch: one :class:`FrameTransform` per item, or one for all (what a SALIENT_FRAME socket carries)."""
+    """The frames of a batch: one :class:`FrameTransform` per item, or one for all (a SALIENT_FRAME socket's value)."""
 
     def __init__(self, transforms: list):
         self.transforms = list(transforms)
