@@ -19,3 +19,8 @@ for _name in NODE_MODULES:
     assert not duplicate, f"node ids defined twice: {duplicate}"
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
+
+# Put the shipped workflows' example photo into ComfyUI's input folder (never over a user's file, never failing).
+from .example_inputs import install_example_inputs  # noqa: E402
+
+install_example_inputs()

@@ -1,6 +1,7 @@
-"""Every shipped workflow is valid against ComfyUI 0.3.64's core node schemas plus the pack's own, its UI and API
-twins describe the same graph, the files are what workflows/build_workflows.py writes, and the checker itself
-catches broken copies."""
+"""Every shipped workflow is valid against ComfyUI 0.3.64's core node schemas (tests/data/comfyui/object_info.json)
+plus the pack's own, its UI and API twins describe the same graph, the files are what workflows/build_workflows.py
+writes, the widget layout follows the frontend's rules, model loaders name their downloads, and the checker itself
+catches broken copies. (tests/integration/test_workflows_frontend.py loads the UI files in the real frontend.)"""
 from __future__ import annotations
 
 import copy
@@ -14,16 +15,12 @@ from sb_testkit import workflow_check
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOWS = os.path.join(REPO_ROOT, "workflows")
-OBJECT_INFO = os.environ.get("SALIENT_BG_OBJECT_INFO") or os.path.join(REPO_ROOT, "..", "shared", "comfyui", "object_info.json")
 UI_FILES = workflow_check.workflow_files(WORKFLOWS)
 
 
 @pytest.fixture(scope="module")
 def schemas():
-    assert os.path.isfile(OBJECT_INFO), (
-        f"ComfyUI's core node schemas not found at {OBJECT_INFO}: the repository expects shared/comfyui/object_info.json "
-        "beside the clone, or SALIENT_BG_OBJECT_INFO pointing at an /object_info answer")
-    return workflow_check.load_schemas(OBJECT_INFO)
+    return workflow_check.load_schemas(workflow_check.CORE_OBJECT_INFO)
 
 
 def load(path):
@@ -153,3 +150,113 @@ def test_frontend_only_nodes_are_resolved_like_the_frontend(schemas):
     api = workflow_check.ui_to_api(ui, schemas)
     assert api[str(sampler["id"])]["inputs"]["seed"] == 1234
     assert str(next_id) not in api and str(next_id + 1) not in api
+
+
+# ---------------------------------------------------------------------------------------------- the frontend's rules
+def _int(**options):
+    return ["INT", {"default": 0, "min": 0, "max": 100, **options}]
+
+
+def _layout(**inputs):
+    return workflow_check.widget_layout({"input": {"required": inputs}})
+
+
+def test_control_widgets_follow_the_frontends_rule():
+    """comfyui-frontend-package 1.27 (useIntWidget): control_after_generate ?? name in (seed, noise_seed)."""
+    assert _layout(seed=_int()) == [("seed", "value"), ("seed", "control")]
+    assert _layout(noise_seed=_int()) == [("noise_seed", "value"), ("noise_seed", "control")]
+    assert _layout(seed=_int(control_after_generate=False)) == [("seed", "value")]
+    assert _layout(steps=_int()) == [("steps", "value")]
+    assert _layout(steps=_int(control_after_generate=True)) == [("steps", "value"), ("steps", "control")]
+    assert _layout(seed=["STRING", {}]) == [("seed", "value")]  # the name rule is for INT widgets only
+    assert _layout(seed=["INT", {"forceInput": True}]) == []  # a socket, no widget
+    # a combo with control_after_generate gets the control and a filter-list widget
+    assert _layout(pick=[["a", "b"], {"control_after_generate": True}]) == [
+        ("pick", "value"), ("pick", "control"), ("pick", "filter")]
+
+
+def test_core_samplers_and_an_unflagged_core_seed(schemas):
+    assert ("seed", "control") in workflow_check.widget_layout(schemas["KSampler"])
+    unflagged = copy.deepcopy(schemas["KSampler"])  # e.g. core TrainLoraNode's seed has no flag
+    del unflagged["input"]["required"]["seed"][1]["control_after_generate"]
+    assert ("seed", "control") in workflow_check.widget_layout(unflagged)
+
+
+def test_pack_seed_inputs_have_no_control_widget(schemas):
+    """A seed that re-randomised on every queue would change the SAM points, so the score, run to run: the pack's
+    seed inputs say control_after_generate False, explicitly, since the frontend adds one to any INT called seed."""
+    seeds = 0
+    for node_type, schema in schemas.items():
+        if not node_type.startswith("SalientBG_"):
+            continue
+        for name, spec, _ in workflow_check._input_specs(schema):
+            if name in workflow_check.LEGACY_SEED_NAMES and workflow_check._kind(spec) == "INT":
+                seeds += 1
+                assert workflow_check._options(spec).get("control_after_generate") is False, (node_type, name)
+                assert (name, "control") not in workflow_check.widget_layout(schema)
+    assert seeds >= 2  # SAM Refine Mask and Object Expansion Score
+
+
+def test_a_seed_without_the_flag_would_shift_the_sam_widgets(schemas):
+    """The bug the flag fixes: without it the frontend inserts a control widget after seed, so in the saved product
+    workflow 'box' would receive 'auto' and 'mask_choice' nothing. The checker sees it."""
+    ui = load(os.path.join(WORKFLOWS, "product_shots_sam_crop_pasteback.json"))
+    unflagged = copy.deepcopy(schemas)
+    del unflagged["SalientBG_SAMRefineMask"]["input"]["required"]["seed"][1]["control_after_generate"]
+    errors = workflow_check.check_ui_workflow(ui, unflagged)
+    assert any("SalientBG_SAMRefineMask" in e and "widget values" in e for e in errors), errors
+
+
+# ---------------------------------------------------------------------------------------------- model downloads
+def test_every_model_loader_offers_its_download():
+    """The frontend (properties.models: {name, url, directory}) lists an entry whose name equals a widget value of
+    the node as a model to download into that model folder when the file is missing."""
+    from salient_background.models import model_registry
+
+    spec = importlib.util.spec_from_file_location("build_workflows", os.path.join(WORKFLOWS, "build_workflows.py"))
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    loaders = 0
+    for path in UI_FILES:
+        for node in load(path)["nodes"]:
+            models = node.get("properties", {}).get("models")
+            if node["type"] not in builder.MODEL_WIDGETS:
+                assert models is None, (path, node["type"])
+                continue
+            loaders += 1
+            assert models, f"{os.path.basename(path)}: {node['type']} has no properties.models"
+            names = {v for v in node["widgets_values"] if isinstance(v, str)}
+            matching = [m for m in models if m["name"] in names]
+            assert matching, (path, node["type"], models)
+            for entry in matching:
+                assert set(entry) == {"name", "url", "directory"}
+                row = next(r for r in model_registry.MODEL_FILES if r.filename == entry["name"])
+                assert entry["url"] == row.urls[0] and entry["url"].startswith("https://")
+                assert entry["directory"] == row.folder
+    assert loaders >= 10
+
+
+# ---------------------------------------------------------------------------------------------- the schemas file
+def test_core_schemas_are_the_trimmed_comfyui_answer():
+    """tests/data/comfyui/object_info.json holds exactly the core node types the workflows use, as
+    regenerate_object_info.py trims them (so a regeneration from a running ComfyUI reproduces it)."""
+    path = os.path.join(REPO_ROOT, "tests", "data", "comfyui", "regenerate_object_info.py")
+    spec = importlib.util.spec_from_file_location("regenerate_object_info", path)
+    regen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(regen)
+    committed = load(workflow_check.CORE_OBJECT_INFO)
+    assert set(committed) == regen.wanted_node_types()
+    assert regen.trim(committed, regen.wanted_node_types()) == committed
+    assert committed["KSampler"]["input"]["required"]["seed"][1]["control_after_generate"] is True
+
+
+def test_nothing_reads_outside_the_repository():
+    outside, shared_copy = "/".join(["..", "shared"]), "/".join(["shared", "comfyui"])
+    for folder in ("workflows", "tests"):
+        for root, dirs, files in os.walk(os.path.join(REPO_ROOT, folder)):
+            dirs[:] = [d for d in dirs if d not in ("__pycache__", ".pytest_cache")]
+            for name in files:
+                if name.endswith((".py", ".md", ".json", ".yaml", ".txt")):
+                    with open(os.path.join(root, name), errors="replace") as handle:
+                        text = handle.read()
+                    assert outside not in text and shared_copy not in text, os.path.join(root, name)

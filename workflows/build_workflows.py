@@ -1,11 +1,14 @@
-"""Writes the shared workflows (UI format in ``workflows/``, API-format twins in ``workflows/api/``) and the
+"""Writes the shipped workflows (UI format in ``workflows/``, API-format twins in ``workflows/api/``) and the
 Mermaid diagrams of their graphs in the README, from the graph descriptions below.
 
     python workflows/build_workflows.py            # rewrite the files
     python workflows/build_workflows.py --check    # exit 1 if any file is out of date (the tests run this)
 
 Widget values are laid out the way ComfyUI's frontend stores them (see tests/sb_testkit/workflow_check.py).
-Every value not set here is the node's default, so the files follow the nodes' schemas.
+Every value not set here is the node's default, so the files follow the nodes' schemas: ComfyUI's core nodes from
+tests/data/comfyui/object_info.json (regenerate_object_info.py there refreshes it), the pack's from its code.
+Model loaders carry the frontend's ``properties.models`` entries (name, url, directory, from
+models/model_registry.py), so a user missing a model sees which file goes where and where to get it.
 """
 from __future__ import annotations
 
@@ -19,8 +22,9 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # the schema helpers live in the test kit
 
 from sb_testkit import workflow_check  # noqa: E402
+from salient_background.models import model_registry  # noqa: E402
 
-OBJECT_INFO = os.path.join(ROOT, "..", "shared", "comfyui", "object_info.json")
+OBJECT_INFO = workflow_check.CORE_OBJECT_INFO
 
 SD2_INPAINT = "512-inpainting-ema.safetensors"
 CONTROLNET = "photo-background-generation"
@@ -59,6 +63,8 @@ class Graph:
                 values.append(value)
             elif role == "control":
                 values.append("fixed")
+            elif role == "filter":
+                values.append("")
             else:
                 values.append("image")
         if widgets:
@@ -77,6 +83,9 @@ class Graph:
             "flags": {}, "order": len(self.nodes), "mode": 0, "inputs": inputs, "outputs": outputs,
             "properties": {"Node name for S&R": node_type}, "widgets_values": values,
         }
+        models = model_entries(node_type, dict(zip([n for n, r in workflow_check.widget_layout(schema)], values)))
+        if models:
+            node["properties"]["models"] = models
         if title:
             node["title"] = title
         self.nodes.append(node)
@@ -110,6 +119,24 @@ class Graph:
             "links": self.links, "groups": [], "config": {},
             "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}, "salient_background": {"title": self.title}}, "version": 0.4,
         }
+
+
+# ---------------------------------------------------------------------------------------------- model entries
+# Loader node type -> the widget naming its model file. The ControlNet loader names a folder (config + weights):
+# the frontend's entries are single files it looks up by file name in the folder, so it gets none.
+MODEL_WIDGETS = {"CheckpointLoaderSimple": "ckpt_name", "SalientBG_LoadSalientModel": "checkpoint",
+                 "SalientBG_SAMLoader": "sam_name"}
+
+
+def model_entries(node_type: str, widget_values: dict) -> list[dict]:
+    """The frontend's ``properties.models`` of a loader: [{name, url, directory}] for its model file."""
+    widget = MODEL_WIDGETS.get(node_type)
+    if widget is None:
+        return []
+    rows = model_registry.lookup(widget_values[widget])
+    if len(rows) != 1 or rows[0].filename != widget_values[widget]:
+        raise KeyError(f"{node_type}: {widget_values[widget]!r} is not one file of models/model_registry.py")
+    return [{"name": rows[0].filename, "url": rows[0].urls[0], "directory": rows[0].folder}]
 
 
 # ---------------------------------------------------------------------------------------------- the graphs

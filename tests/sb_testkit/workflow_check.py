@@ -1,13 +1,17 @@
 """Validate ComfyUI workflow files (UI and API format) against node schemas, without ComfyUI.
 
-Schemas: the ``/object_info`` answer of ComfyUI 0.3.64 (``shared/comfyui/object_info.json``, core nodes) plus the
-pack's own nodes, described the way ComfyUI's server describes them (``pack_object_info``).
+Schemas: ComfyUI 0.3.64's ``/object_info`` answer for the core nodes the workflows and tests use
+(``tests/data/comfyui/object_info.json``, written by ``tests/data/comfyui/regenerate_object_info.py``) plus the
+pack's own nodes, described from the code the way ComfyUI's server describes them (``pack_object_info``).
 
-UI format conventions follow ComfyUI's frontend: ``widgets_values`` holds one value per widget input in input
-order (required, then optional), an INT with ``control_after_generate`` is followed by its control value
-("fixed", "increment", "decrement", "randomize"), and an ``image_upload`` combo is followed by the upload
-widget's value ("image"). Frontend-only nodes (Note, MarkdownNote, Reroute, PrimitiveNode) are not sent to
-the server: Reroutes are followed and PrimitiveNode values are written into the inputs they feed.
+UI format conventions follow ComfyUI's frontend (comfyui-frontend-package 1.27): ``widgets_values`` holds one
+value per widget input in input order (required, then optional). An INT input gets a "control after generate"
+widget right after it when its options say ``control_after_generate: true``, or, when the option is absent,
+when it is named ``seed`` or ``noise_seed`` (the frontend's legacy rule; ``false`` switches it off). A combo with
+``control_after_generate: true`` gets the control widget and a filter-list widget. An ``image_upload`` combo is
+followed by the upload widget's value ("image"). Frontend-only nodes (Note, MarkdownNote, Reroute,
+PrimitiveNode) are not sent to the server: Reroutes are followed and PrimitiveNode values are written into the
+inputs they feed.
 """
 from __future__ import annotations
 
@@ -18,6 +22,12 @@ import os
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
+COMBO_CONTROL_VALUES = CONTROL_VALUES | {"increment-wrap"}
+# INT inputs the frontend gives a control widget when the schema does not say control_after_generate
+LEGACY_SEED_NAMES = ("seed", "noise_seed")
+# ComfyUI 0.3.64's /object_info, trimmed to the core nodes used here (regenerate_object_info.py writes it)
+CORE_OBJECT_INFO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "data", "comfyui", "object_info.json")
 # Inputs whose choices come from the user's folders (any file name is accepted in a shared workflow): combos
 # whose list is empty in the schema (a folder with no files), image uploads, and these names.
 FILE_INPUTS = {"ckpt_name", "control_net_name", "vae_name", "lora_name", "unet_name", "clip_name", "image",
@@ -47,7 +57,7 @@ def pack_object_info() -> dict:
     return info
 
 
-def load_schemas(object_info_path: str) -> dict:
+def load_schemas(object_info_path: str = CORE_OBJECT_INFO) -> dict:
     with open(object_info_path) as handle:
         schemas = json.load(handle)
     schemas.update(json.loads(json.dumps(pack_object_info(), default=str)))
@@ -84,17 +94,30 @@ def is_widget(spec: list) -> bool:
     return _kind(spec) in WIDGET_TYPES
 
 
+def has_control_widget(name: str, spec: list) -> bool:
+    """Whether the frontend adds a "control after generate" widget after this input (its useIntWidget and
+    addComboWidget): INT inputs by the explicit option, else by the legacy seed/noise_seed name rule; combos only
+    by the explicit option."""
+    options = _options(spec)
+    if _kind(spec) == "INT":
+        explicit = options.get("control_after_generate")
+        return bool(explicit) if explicit is not None else name in LEGACY_SEED_NAMES
+    return _kind(spec) == "COMBO" and bool(options.get("control_after_generate"))
+
+
 def widget_layout(schema: dict) -> list[tuple[str, str]]:
-    """The widgets_values layout: a list of (input name, role) with role "value", "control" or "upload"."""
+    """The widgets_values layout: a list of (input name, role), role one of "value", "control", "filter" (a
+    controlled combo's filter list) or "upload"."""
     layout = []
     for name, spec, _ in _input_specs(schema):
         if not is_widget(spec):
             continue
         layout.append((name, "value"))
-        options = _options(spec)
-        if _kind(spec) == "INT" and options.get("control_after_generate"):
+        if has_control_widget(name, spec):
             layout.append((name, "control"))
-        if options.get("image_upload"):
+            if _kind(spec) == "COMBO":
+                layout.append((name, "filter"))
+        if _options(spec).get("image_upload"):
             layout.append((name, "upload"))
     return layout
 
@@ -164,8 +187,12 @@ def check_ui_workflow(workflow: dict, schemas: dict) -> list[str]:
             for (name, role), value in zip(layout, values):
                 if role == "value":
                     errors += check_widget_value(label, name, specs[name][0], value)
-                elif role == "control" and value not in CONTROL_VALUES:
-                    errors.append(f"{label} input '{name}': control value {value!r} is not one of {sorted(CONTROL_VALUES)}")
+                elif role == "control":
+                    allowed = COMBO_CONTROL_VALUES if _kind(specs[name][0]) == "COMBO" else CONTROL_VALUES
+                    if value not in allowed:
+                        errors.append(f"{label} input '{name}': control value {value!r} is not one of {sorted(allowed)}")
+                elif role == "filter" and not isinstance(value, str):
+                    errors.append(f"{label} input '{name}': filter list {value!r} is not a string")
         # sockets
         linked = {}
         for slot, socket in enumerate(node.get("inputs", [])):
