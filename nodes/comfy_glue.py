@@ -14,6 +14,7 @@ import torch
 
 from ..models.checkpoint_io import WEIGHT_SUFFIXES
 from ..models.errors import CheckpointError
+from ..models.model_registry import FOLDER_DEFAULT_SUBDIRS
 
 log = logging.getLogger("salient_background")
 
@@ -27,11 +28,23 @@ def _comfy_available() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- model folders
+# The model folders the pack adds to ComfyUI (sub-folders of ComfyUI/models named in models/model_registry.py).
+# ComfyUI's own folders (checkpoints, controlnet, diffusers) are left as ComfyUI defines them.
+PACK_MODEL_FOLDERS = ("salient", "sams")
+
+
+def register_pack_model_folders() -> None:
+    """Make every model folder of the pack known to ComfyUI (a no-op outside ComfyUI; safe to call again)."""
+    for name in PACK_MODEL_FOLDERS:
+        register_model_folder(name, FOLDER_DEFAULT_SUBDIRS[name])
+
+
 def register_model_folder(name: str, default_subdir: str, extensions: Iterable[str] = WEIGHT_SUFFIXES) -> None:
     """Make ``name`` a ComfyUI model folder (``models/<default_subdir>``) listing only weight files.
 
     If the folder already exists (another pack, or an ``extra_model_paths.yaml`` entry, which ComfyUI
     creates with an empty extension set meaning "every file"), keep its paths and merge our extensions.
+    The only code that writes ComfyUI's folder table.
     """
     try:
         import folder_paths
@@ -57,29 +70,34 @@ def register_model_folder(name: str, default_subdir: str, extensions: Iterable[s
         cache.pop(name, None)
 
 
-def list_model_files(folder: str) -> list[str]:
+# every node module imports this one: the pack's folders are in ComfyUI's model lists from the moment it loads
+register_pack_model_folders()
+
+
+def _folder_paths():
+    """ComfyUI's ``folder_paths`` with the pack's folders registered (re-merged if something replaced them since
+    the pack loaded), or None outside ComfyUI."""
     try:
         import folder_paths
     except ImportError:
-        return []
-    return sorted(folder_paths.get_filename_list(folder))
+        return None
+    register_pack_model_folders()
+    return folder_paths
+
+
+def list_model_files(folder: str) -> list[str]:
+    folder_paths = _folder_paths()
+    return sorted(folder_paths.get_filename_list(folder)) if folder_paths else []
 
 
 def model_folder_paths(folder: str) -> list[str]:
-    try:
-        import folder_paths
-    except ImportError:
-        return []
-    return list(folder_paths.get_folder_paths(folder))
+    folder_paths = _folder_paths()
+    return list(folder_paths.get_folder_paths(folder)) if folder_paths else []
 
 
 def _find_in_folder(folder: str, name: str) -> str | None:
-    try:
-        import folder_paths
-
-        path = folder_paths.get_full_path(folder, name)
-    except ImportError:
-        path = None
+    folder_paths = _folder_paths()
+    path = folder_paths.get_full_path(folder, name) if folder_paths else None
     return path if path and os.path.isfile(path) else None
 
 
@@ -146,12 +164,8 @@ def validate_model_choice(resolve) -> bool | str:
 
 def _models_dir_args() -> str:
     """``--models-dir <ComfyUI's models folder>`` so the suggested command targets this very ComfyUI."""
-    try:
-        import folder_paths
-
-        models_dir = getattr(folder_paths, "models_dir", None)
-    except ImportError:
-        return ""
+    folder_paths = _folder_paths()
+    models_dir = getattr(folder_paths, "models_dir", None) if folder_paths else None
     if not models_dir:
         return ""
     import shlex
@@ -225,13 +239,6 @@ def load_on_device(wrapped) -> torch.nn.Module:
     module = wrapped
     module.to(torch_device())
     return module
-
-
-def free_memory_hint() -> None:
-    if _comfy_available():
-        import comfy.model_management as mm
-
-        mm.soft_empty_cache()
 
 
 # ---------------------------------------------------------------------------------------------- progress

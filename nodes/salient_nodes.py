@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import logging
-import os
-import threading
 
 import torch
 
 from ..models import image_ops
+from ..models.model_cache import ModelCache
 from ..models.precision import PRECISIONS, resolve_dtype
 from ..models.salient import RESIZE_POLICIES
 from . import comfy_glue
@@ -20,10 +19,6 @@ SALIENT_WHERE_TO_GET = (
     "ckpt_fast.pth for fast mode) in ComfyUI/models/salient (or a 'salient' entry of extra_model_paths.yaml), "
     "or run: python -m salient_background download inspyrenet_base"
 )
-
-
-def register_folders() -> None:
-    comfy_glue.register_model_folder(SALIENT_FOLDER, "salient")
 
 
 class SalientModel:
@@ -39,28 +34,21 @@ class SalientModel:
         return self.segmenter.predict(images, resize=resize, batch_size=batch_size, progress=progress)
 
 
-# Loaded models survive graph edits; keyed by file identity so a replaced file is reloaded.
-_CACHE: dict[tuple, SalientModel] = {}
-_CACHE_LOCK = threading.Lock()
-_CACHE_SIZE = 2
+# Loaded models survive graph edits; a replaced file is reloaded.
+_MODELS: ModelCache[SalientModel] = ModelCache(size=2)
 
 
 def load_salient_model_cached(path: str, mode: str, precision: str) -> SalientModel:
     from ..models.salient import load_salient_model
 
-    stat = os.stat(path)
     device = comfy_glue.torch_device()
     dtype = resolve_dtype(precision, device)
-    key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size, mode, dtype)
-    with _CACHE_LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
+
+    def load() -> SalientModel:
         segmenter = load_salient_model(path, mode=mode, device=torch.device("cpu"), dtype=dtype)
-        model = SalientModel(segmenter, comfy_glue.wrap_for_offload(segmenter.network), path)
-        while len(_CACHE) >= _CACHE_SIZE:
-            _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = model
-        return model
+        return SalientModel(segmenter, comfy_glue.wrap_for_offload(segmenter.network), path)
+
+    return _MODELS.get(path, (mode, dtype, str(device)), load)
 
 
 class LoadSalientModel:
@@ -68,7 +56,6 @@ class LoadSalientModel:
 
     @classmethod
     def INPUT_TYPES(cls):
-        register_folders()
         return {
             "required": {
                 "checkpoint": (comfy_glue.list_model_files(SALIENT_FOLDER), {
@@ -93,7 +80,6 @@ class LoadSalientModel:
 
     @staticmethod
     def resolve(checkpoint: str) -> str:
-        register_folders()
         return comfy_glue.resolve_model_file(SALIENT_FOLDER, checkpoint, where_to_get=SALIENT_WHERE_TO_GET)
 
     def load(self, checkpoint: str, mode: str = "base", precision: str = "auto"):

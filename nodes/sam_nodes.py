@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +10,7 @@ import torch
 
 from ..models import expansion as expansion_metric
 from ..models.image_ops import as_mask_batch, as_rgb_images
+from ..models.model_cache import ModelCache
 from ..models.salient import RESIZE_POLICIES as SALIENT_RESIZE_POLICIES
 from ..models.sam import MASK_CHOICES, REFINE_MODES, WHERE_TO_GET, SamArchitecture, load_sam, refine_masks
 from . import comfy_glue
@@ -23,8 +23,6 @@ SAM_FOLDER = "sams"
 CATEGORY = f"{ROOT_CATEGORY}/SAM"
 EVAL_CATEGORY = f"{ROOT_CATEGORY}/evaluation"
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
-
-comfy_glue.register_model_folder(SAM_FOLDER, "sams")
 
 
 class OffloadableSam(torch.nn.Module):
@@ -54,25 +52,21 @@ class SamHandle:
         return comfy_glue.load_on_device(self.wrapped).sam
 
 
-_CACHE: dict[str, tuple[tuple[float, int], SamHandle]] = {}
-_CACHE_SIZE = 2
+# Loaded SAMs survive graph edits; a replaced file is reloaded.
+_MODELS: ModelCache[SamHandle] = ModelCache(size=2)
 
 
 def load_sam_cached(path: str) -> SamHandle:
-    """Load (or reuse) the SAM at ``path``; a file changed on disk is reloaded. Keeps the last two models."""
-    key = os.path.realpath(path)
-    stamp = (os.path.getmtime(key), os.path.getsize(key))
-    hit = _CACHE.get(key)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
-    loaded = load_sam(path)
-    log.info("loaded SAM %s from %s", loaded.architecture.describe(), path)
-    handle = SamHandle(wrapped=comfy_glue.wrap_for_offload(OffloadableSam(loaded.model)), architecture=loaded.architecture, path=path)
-    _CACHE.pop(key, None)
-    _CACHE[key] = (stamp, handle)
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.pop(next(iter(_CACHE)))
-    return handle
+    """Load (or reuse) the SAM at ``path``; a file changed on disk is reloaded."""
+
+    def load() -> SamHandle:
+        loaded = load_sam(path)
+        log.info("loaded SAM %s from %s", loaded.architecture.describe(), path)
+        wrapped = comfy_glue.wrap_for_offload(OffloadableSam(loaded.model))
+        return SamHandle(wrapped=wrapped, architecture=loaded.architecture, path=path)
+
+    # the ModelPatcher that wrap_for_offload makes is bound to ComfyUI's compute device
+    return _MODELS.get(path, (str(comfy_glue.torch_device()),), load)
 
 
 def _seed_input():
@@ -100,7 +94,6 @@ class SAMLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        comfy_glue.register_model_folder(SAM_FOLDER, "sams")
         return {"required": {"sam_name": (comfy_glue.list_model_files(SAM_FOLDER), {"tooltip": "file in models/sams"})}}
 
     RETURN_TYPES = (SAM_TYPE,)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
-import glob
 import hashlib
 import io
 import os
@@ -369,22 +368,10 @@ def test_selection_names():
 
 
 def _registered_folders() -> dict[str, str]:
-    """Every register_model_folder(<name>, "subdir") call in nodes/, names given as literals or module constants."""
-    sources = {p: open(p, encoding="utf-8").read()
-               for p in glob.glob(os.path.join(REPO_ROOT, "nodes", "**", "*.py"), recursive=True)}
-    constants = {}
-    for text in sources.values():
-        constants.update(re.findall(r"^([A-Z_][A-Z0-9_]*)\s*=\s*['\"]([\w-]+)['\"]\s*$", text, flags=re.M))
-    found = {}
-    for path, text in sources.items():
-        if path.endswith("comfy_glue.py"):
-            continue  # the definition, not a use
-        calls = re.findall(r"register_model_folder\(\s*([\w.'\"-]+)\s*,\s*['\"]([\w/-]+)['\"]", text)
-        for name, subdir in calls:
-            name = name.strip("'\"") if name[0] in "'\"" else constants.get(name.rsplit(".", 1)[-1])
-            assert name, f"cannot resolve the folder name in a register_model_folder call in {path}"
-            found[name] = subdir
-    return found
+    """The model folders the nodes add to ComfyUI (nodes/comfy_glue.py registers them, one function for all)."""
+    from salient_background.nodes import comfy_glue
+
+    return {name: model_registry.FOLDER_DEFAULT_SUBDIRS.get(name) for name in comfy_glue.PACK_MODEL_FOLDERS}
 
 
 def test_table_covers_every_model_folder_the_nodes_register():
@@ -446,6 +433,7 @@ def fake_comfy_folders(tmp_path, monkeypatch):
     sams.mkdir(parents=True)
     fake = types.ModuleType("folder_paths")
     fake.models_dir = str(tmp_path / "models")
+    fake.folder_names_and_paths = {}  # where the pack registers its folders (ComfyUI's table)
     controlnet = tmp_path / "models" / "controlnet"
     controlnet.mkdir(parents=True)
     fake.get_folder_paths = lambda folder: {"sams": [str(sams)], "controlnet": [str(controlnet)]}.get(folder, [])

@@ -122,7 +122,8 @@ def test_mask_command_writes_mask_and_cutout(inspyrenet_fast_checkpoint, tmp_pat
     assert np.array_equal(cutout[..., 3], mask)  # the cut-out's alpha is the object mask
     assert np.array_equal(cutout[..., :3], synthetic_photo(120, 80, seed=7))
     assert mask.max() == 255 and mask.min() == 0
-    assert os.path.exists(out / "b_mask.png") and os.path.exists(out / "b_cutout.png")
+    # a photo in a sub-folder is named after its path under the folder given (models/item_ids.py)
+    assert os.path.exists(out / "nested__b_mask.png") and os.path.exists(out / "nested__b_cutout.png")
 
 
 def test_mask_command_explains_a_missing_checkpoint(tmp_path):
