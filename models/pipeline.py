@@ -512,7 +512,7 @@ def _load_si2_single_file(path: str, config_dir: str, dtype: torch.dtype):
             f"could not load the single-file checkpoint {path!r} with the configs in {config_dir!r}: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-    return vae.to(dtype), text_encoder.to(dtype), tokenizer, unet.to(dtype)
+    return vae, text_encoder, tokenizer, unet
 
 
 def _load_si2_folder(path: str, dtype: torch.dtype):
