@@ -32,14 +32,16 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 APP_READY_TIMEOUT_MS = 180_000
 
-# window.app is set by the frontend once app.setup() finished (window.comfyAPI.app.app exists earlier)
-LOAD_AND_CONVERT = """
-async (workflow) => {
+# The template browser's route for a custom node's workflows/ folder; window.app is set by the frontend once
+# app.setup() finished (window.comfyAPI.app.app exists earlier).
+LOAD_TEMPLATE_AND_CONVERT = """
+async (address) => {
+  const workflow = await (await fetch(address)).json();
   const app = window.app;
   await app.loadGraphData(workflow, true, false, null,
                           {showMissingNodesDialog: false, showMissingModelsDialog: false});
   const { output } = await app.graphToPrompt();
-  return output;
+  return { workflow, output };
 }
 """
 
@@ -56,11 +58,16 @@ def _chromium_executable() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def page(comfy, tmp_path_factory):
-    """A page of ComfyUI's frontend, ready (window.app set); requests beyond the server are refused."""
-    sync_api = pytest.importorskip(
+@pytest.fixture(scope="session")  # session: set up before the session's server
+def sync_api():
+    """Playwright's sync API (asked for before the server starts, so a missing one skips at once)."""
+    return pytest.importorskip(
         "playwright.sync_api", reason="the browser test needs Playwright's Python package: pip install playwright")
+
+
+@pytest.fixture(scope="module")
+def page(sync_api, comfy, tmp_path_factory):
+    """A page of ComfyUI's frontend, ready (window.app set); requests beyond the server are refused."""
     executable = _chromium_executable()
     with sync_api.sync_playwright() as playwright:
         try:
@@ -73,12 +80,9 @@ def page(comfy, tmp_path_factory):
         context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(comfy.base_url)
                       else route.abort())
         browser_page = context.new_page()
-        errors = []
-        browser_page.on("pageerror", lambda exc: errors.append(str(exc)))
         browser_page.goto(comfy.base_url, wait_until="domcontentloaded")
         browser_page.wait_for_function("() => window.app && window.app.graph && window.app.canvas",
                                        timeout=APP_READY_TIMEOUT_MS)
-        browser_page.js_errors = errors
         try:
             yield browser_page
         finally:
@@ -95,7 +99,7 @@ def _comparable(prompt: dict, schemas: dict) -> dict:
     out = {}
     for node_id, node in prompt.items():
         known = {name for name, _, _ in workflow_check._input_specs(schemas[node["class_type"]])}
-        inputs = {k: v for k, v in node["inputs"].items() if k in known or k != "control_after_generate"}  # noqa
+        inputs = {k: v for k, v in node["inputs"].items() if not (k == "control_after_generate" and k not in known)}
         out[str(node_id)] = (node["class_type"], inputs)
     return out
 
@@ -105,11 +109,19 @@ def schemas(comfy):
     return comfy.object_info()
 
 
+def test_the_template_browser_lists_the_workflows(comfy):
+    """ComfyUI serves a custom node's workflows/ folder to its template browser, under the clone's folder name."""
+    listed = comfy.get_json("/workflow_templates").get(REPO.name, [])
+    assert sorted(listed) == sorted(Path(name).stem for name in UI_FILES)
+
+
 @pytest.mark.parametrize("name", UI_FILES)
 def test_the_frontend_turns_each_ui_workflow_into_its_api_twin(page, schemas, name):
-    ui = _load(WORKFLOWS / name)
+    """The workflow as the template browser fetches it, loaded by the frontend, sent as its API twin says."""
     api = _load(WORKFLOWS / "api" / name)
-    prompt = page.evaluate(LOAD_AND_CONVERT, ui)
+    result = page.evaluate(LOAD_TEMPLATE_AND_CONVERT, f"/api/workflow_templates/{REPO.name}/{name}")
+    assert result["workflow"] == _load(WORKFLOWS / name)
+    prompt = result["output"]
     got, want = _comparable(prompt, schemas), _comparable(api, schemas)
     assert sorted(got) == sorted(want), "node ids differ (notes must not be sent)"
     for node_id in want:
