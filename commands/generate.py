@@ -65,7 +65,8 @@ def add_parser(subparsers) -> None:
     models = parser.add_argument_group("models (local files only; nothing is downloaded)")
     models.add_argument("--pipeline", help="folder in the yahoo-inc/photo-background-generation layout "
                                            "(SD2-inpainting subfolders + controlnet/)")
-    models.add_argument("--si2", help="SD2-inpainting diffusers folder (stabilityai/stable-diffusion-2-inpainting)")
+    models.add_argument("--si2", help="SD2 inpainting: the single file ComfyUI uses (512-inpainting-ema.safetensors; its "
+                                           "configs come from 'download sd2-configs') or a diffusers folder")
     models.add_argument("--controlnet", help="salient ControlNet: diffusers folder, .safetensors or the released .pth "
                                              "(overrides the pipeline folder's controlnet/)")
     sampling = parser.add_argument_group("sampling (defaults = the paper's)")

@@ -32,6 +32,7 @@ import torch
 
 from .errors import CheckpointError, InputError
 from .inpaint_inputs import build_inpaint_inputs, latent_mask
+from .text_encoding import fix_token_length
 
 log = logging.getLogger("salient_background")
 
@@ -545,8 +546,7 @@ def load_si2_components(
     else:
         config_dir = path
         vae, text_encoder, tokenizer, unet = _load_si2_folder(path, dtype)
-    if tokenizer.model_max_length is None or tokenizer.model_max_length > 100_000:
-        tokenizer.model_max_length = 77
+    fix_token_length(tokenizer)
     with open(os.path.join(config_dir, "scheduler", "scheduler_config.json")) as fh:
         sched = make_scheduler(scheduler, json.load(fh))
     return vae.eval(), text_encoder.eval(), tokenizer, unet.eval(), sched
