@@ -10,8 +10,10 @@ Inputs (one of):
   ``;``) and optionally ``original`` and ``id``; relative paths are relative to the manifest's folder.
 
 Outputs in ``--output DIR``: ``expansion.csv`` (one row per generated image), ``summary.json`` (mean, median,
-percentiles and the share of images above ``--threshold`` of every score) and ``settings.json``. Re-running the
-same command resumes: images already in the CSV are skipped (the settings must match, or use ``--overwrite``).
+percentiles and the share of images above ``--threshold`` of every score; under ``failed``, the images or masks
+that could not be read, with the reason, and the exit code is then 1) and ``settings.json``. Re-running the same
+command resumes: images already in the CSV are skipped (the settings must match, or use ``--overwrite``); failed
+ones are tried again.
 ``--compare RUN_A RUN_B`` prints the ratio of mean expansion of two finished runs (A / B).
 """
 from __future__ import annotations
@@ -48,7 +50,9 @@ def add_parser(subparsers) -> None:
     src.add_argument("--generated", help="folder of generated images")
     src.add_argument("--originals", help="folder of original photos (optional, recorded in the CSV)")
     src.add_argument("--manifest", help="CSV with columns mask, generated[, original, id] instead of folders")
-    parser.add_argument("--sam", help="SAM checkpoint (sam_vit_b_01ec64.pth, sam_vit_l_0b3195.pth, sam_vit_h_4b8939.pth)")
+    parser.add_argument("--sam", help="SAM checkpoint: a file, a file name in ComfyUI's sams folder "
+                        "(sam_vit_b_01ec64.pth, sam_vit_l_0b3195.pth, sam_vit_h_4b8939.pth) or its download name "
+                        "(sam-vit-b, sam-vit-l, sam-vit-h)")
     parser.add_argument("--output", help="folder for expansion.csv, summary.json, settings.json")
     parser.add_argument("--points", type=int, default=8, help="positive points per mask (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the point sampling (default 0)")
@@ -347,7 +351,7 @@ def collect_rows(args: argparse.Namespace) -> list[dict]:
 
 def _settings(args: argparse.Namespace, sam_path: str, sam_variant: str) -> dict:
     return {
-        "sam_file": os.path.basename(args.sam), "sam_bytes": os.path.getsize(sam_path), "sam_variant": sam_variant,
+        "sam_file": os.path.basename(sam_path), "sam_bytes": os.path.getsize(sam_path), "sam_variant": sam_variant,
         "points": args.points, "seed": args.seed, "mask_choice": args.mask_choice,
         "negative_points": False, "box": False, "binarise": ">= 0.5",
         "salient_checkpoint": os.path.basename(args.salient_checkpoint) if args.salient_checkpoint else None,

@@ -36,6 +36,7 @@ from .comfy_keys import (
     looks_like_diffusers_controlnet,
 )
 from .errors import CheckpointError
+from .model_registry import where_to_get
 
 log = logging.getLogger("salient_background")
 
@@ -44,11 +45,9 @@ SALIENT_IN_CHANNELS = 9
 HINT_CHANNELS = 3
 SD2_HEAD_SIZE = 64
 WHAT = "salient ControlNet"
-WHERE_TO_GET = (
-    "The paper's ControlNet is the 'controlnet' folder of the Hugging Face repo yahoo-inc/photo-background-generation "
-    "(or controlnet_inpainting_salient_aware.pth from the authors' release); "
-    "`python -m salient_background download controlnet` fetches it."
-)
+# the model registry is the one source of "where to get this file"
+WHERE_TO_GET = ("The paper's ControlNet (also loadable: controlnet_inpainting_salient_aware.pth from the authors' "
+                "release). " + where_to_get("controlnet"))
 
 # The SD2-inpainting ControlNet as the paper made it (ControlNetModel.from_unet of 512-inpainting-ema)
 SD2_SALIENT_CONTROLNET_CONFIG = {

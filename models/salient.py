@@ -40,6 +40,7 @@ from .checkpoint_io import describe_keys, load_state_dict, unwrap_state_dict
 from .errors import CheckpointError, InputError
 from .image_ops import as_rgb_images
 from .inspyrenet import InSPyReNet
+from .model_registry import where_to_get
 from .precision import default_device, resolve_dtype
 
 log = logging.getLogger("salient_background")
@@ -65,10 +66,8 @@ bounds peak memory for large batches)."""
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-OFFICIAL_FILES_HINT = (
-    "Use the official InSPyReNet checkpoints from transparent-background: ckpt_base.pth (mode 'base') or "
-    "ckpt_fast.pth (mode 'fast'), from https://github.com/plemeri/transparent-background/releases"
-)
+# where the official files come from: the model registry, the one source of that hint
+OFFICIAL_FILES_HINT = "Use ckpt_base.pth (mode 'base') or ckpt_fast.pth (mode 'fast'). " + where_to_get("inspyrenet")
 
 # Keys derived from the architecture rather than learned: a file may leave them out.
 _DERIVED_KEY_SUFFIXES = (".relative_position_index", ".num_batches_tracked")

@@ -141,6 +141,8 @@ def resolve_model_file(folder: str, name: str, *, where_to_get: str, registry_ke
                                                command_args=_models_dir_args())
     if not ours and registry_key and lookup(registry_key):
         message = f"model file {name!r} not found in the '{folder}' model folder. " + message
+    if ours or (registry_key and lookup(registry_key)):  # the registry's hint is in the message already: once
+        raise CheckpointError(message)
     raise CheckpointError(f"{message} {where_to_get}".strip())
 
 

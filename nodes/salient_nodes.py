@@ -8,17 +8,13 @@ import torch
 from ..models import image_ops
 from ..models.model_cache import ModelCache
 from ..models.precision import PRECISIONS, resolve_dtype
-from ..models.salient import RESIZE_POLICIES
+from ..models.salient import OFFICIAL_FILES_HINT, RESIZE_POLICIES
 from . import comfy_glue
 
 log = logging.getLogger("salient_background")
 
 SALIENT_FOLDER = "salient"
-SALIENT_WHERE_TO_GET = (
-    "Put the InSPyReNet checkpoint released with transparent-background (ckpt_base.pth for base mode, "
-    "ckpt_fast.pth for fast mode) in ComfyUI/models/salient (or a 'salient' entry of extra_model_paths.yaml), "
-    "or run: python -m salient_background download inspyrenet_base"
-)
+SALIENT_WHERE_TO_GET = OFFICIAL_FILES_HINT  # from the model registry, the one source of that hint
 
 
 class SalientModel:

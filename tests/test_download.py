@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import glob
 import hashlib
 import io
 import os
@@ -427,6 +428,35 @@ def test_missing_model_message_names_file_folders_and_command():
     assert "not one of the pack's published files" in text and "/c/models/sams" in text
 
 
+def _pack_sources():
+    paths = [os.path.join(REPO_ROOT, "cli.py"), os.path.join(REPO_ROOT, "README.md")]
+    for folder in ("models", "nodes", "commands", "workflows", "training"):
+        paths += glob.glob(os.path.join(REPO_ROOT, folder, "**", "*.py"), recursive=True)
+    return {os.path.relpath(p, REPO_ROOT): open(p, encoding="utf-8").read() for p in paths}
+
+
+def test_where_to_get_a_file_comes_from_the_registry_only():
+    """No published URL is written out anywhere but the registry, and every hint that code builds comes from
+    model_registry.where_to_get (the loaders' messages included)."""
+    from salient_background.models import controlnet_checkpoint, salient
+    from salient_background.models.sam import loading as sam_loading
+
+    hosts = {u.split("/")[2] for m in MODEL_FILES for u in m.urls}
+    for path, text in _pack_sources().items():
+        if path.endswith(".py") and path != os.path.join("models", "model_registry.py"):
+            assert not [h for h in hosts if h + "/" in text], f"{path} writes a model URL out by hand"
+    assert model_registry.where_to_get("sam") in sam_loading.WHERE_TO_GET
+    assert model_registry.where_to_get("controlnet") in controlnet_checkpoint.WHERE_TO_GET
+    assert model_registry.where_to_get("inspyrenet") in salient.OFFICIAL_FILES_HINT
+
+
+def test_download_names_are_spelled_with_dashes_everywhere():
+    for path, text in _pack_sources().items():
+        for names in re.findall(r"salient_background download((?: [a-z0-9_-]+)+)", text):
+            words = [w for w in names.split() if not w.startswith("-")]
+            assert not [w for w in words if "_" in w], f"{path}: 'download{names}' (--help spells names with -)"
+
+
 @pytest.fixture
 def fake_comfy_folders(tmp_path, monkeypatch):
     sams = tmp_path / "models" / "sams"
@@ -467,8 +497,11 @@ def test_node_missing_file_error_and_opt_in_auto_download(server, fake_comfy_fol
     with pytest.raises(CheckpointError) as info:
         comfy_glue.resolve_model_file("sams", entry.filename, where_to_get="(see README)", registry_key="sam_vit_b")
     text = str(info.value)
-    assert str(fake_comfy_folders) in text and text.endswith("(see README)")
+    assert str(fake_comfy_folders) in text
     assert f"download sam-vit-b --models-dir {fake_comfy_folders.parent}" in text
+    # the registry's hint once: the caller's own hint is not appended to a message that already has it
+    assert text.count("download sam-vit-b") == 1 and text.count("Manual alternative") == 1
+    assert "(see README)" not in text
     assert server.requests == []  # no network without the opt-in
 
     monkeypatch.setenv(downloader.AUTO_DOWNLOAD_ENV, "1")

@@ -43,7 +43,7 @@ def test_loader_validation_reports_a_missing_file_with_the_download_command(insp
     assert LoadSalientModel.VALIDATE_INPUTS(inspyrenet_fast_checkpoint) is True
     reason = LoadSalientModel.VALIDATE_INPUTS("ckpt_base.pth")
     assert isinstance(reason, str) and "ckpt_base.pth" in reason
-    assert "python -m salient_background download inspyrenet_base" in reason
+    assert "python -m salient_background download inspyrenet-base" in reason
     monkeypatch.setenv("SALIENT_BG_AUTO_DOWNLOAD", "1")  # the loader will fetch it: validation lets it through
     assert LoadSalientModel.VALIDATE_INPUTS("ckpt_base.pth") is True
 

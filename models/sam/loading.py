@@ -19,11 +19,10 @@ import torch
 
 from ..checkpoint_io import describe_keys, load_state_dict, unwrap_state_dict
 from ..errors import CheckpointError
+from ..model_registry import where_to_get
 
-WHERE_TO_GET = (
-    "Download one of Meta's Segment Anything checkpoints (sam_vit_b_01ec64.pth, sam_vit_l_0b3195.pth or "
-    "sam_vit_h_4b8939.pth, from the facebookresearch/segment-anything README) into ComfyUI's models/sams folder."
-)
+# the model registry is the one source of "where to get this file" (ViT-L and ViT-H: `download --list`)
+WHERE_TO_GET = where_to_get("sam")
 
 # (embed_dim, depth, num_heads, global_attn_indexes) of the official encoders; image 1024, patch 16, window 14
 OFFICIAL_VARIANTS = {

@@ -145,5 +145,5 @@ def test_missing_checkpoint_is_rejected_before_running_with_the_download_command
         comfy.run(_mask_preview_prompt(comfy, photo[0], "ckpt_base.pth", mode="base"), timeout=120)
     text = str(err.value)
     assert "custom_validation_failed" in text or "Custom validation failed" in text, text
-    assert "python -m salient_background download inspyrenet_base" in text, text
+    assert "python -m salient_background download inspyrenet-base" in text, text
     assert "Value not in list" not in text, text
