@@ -183,7 +183,7 @@ def _explain(exc: BaseException, url: str) -> str:
     if isinstance(exc, urllib.error.HTTPError):
         code = exc.code
         if code == 407:
-            return f"HTTP 407 from the proxy: it needs credentials (HTTPS_PROXY=http://user:password@host:port)."
+            return "HTTP 407 from the proxy: it needs credentials (HTTPS_PROXY=http://user:password@host:port)."
         if code in (401, 403):
             return (f"HTTP {code} ({exc.reason}) from {url}: the host refused access (the file may now need a login "
                     "or have moved).")
