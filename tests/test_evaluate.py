@@ -295,3 +295,8 @@ def test_unreadable_image_or_mask_is_reported_and_skipped(dataset, tmp_path, cap
     # a re-run retries only the failed ones (they still fail) and keeps the scored rows
     assert _run(dataset, out) == 1
     assert len(_read_csv(out / "expansion.csv")) == 3
+
+
+def test_missing_salient_checkpoint_is_refused_before_loading_sam(dataset, tmp_path, capsys, no_model_load):
+    assert _run(dataset, tmp_path / "o", "--salient-checkpoint", str(tmp_path / "nope.pth")) == 2
+    assert "nope.pth" in _one_error_line(capsys)
