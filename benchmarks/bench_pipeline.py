@@ -186,7 +186,7 @@ def main() -> None:
 
     from PIL import ImageOps
 
-    from salient_background.models.pipeline import SalientBackgroundPipeline
+    from salient_background.models.generation.pipeline import SalientBackgroundPipeline
 
     t0 = time.perf_counter()
     unet, controlnet, vae, text_encoder, tokenizer, scheduler = full_size_components()

@@ -57,7 +57,7 @@ def _worker(args) -> None:
     torch.set_num_threads(args.threads)
     image = _image(args.size)
     if args.arm == "ours":
-        from salient_background.models.salient import load_salient_model
+        from salient_background.models.networks.salient import load_salient_model
 
         model = load_salient_model(args.checkpoint, mode=args.mode, device="cpu")
         batch = torch.from_numpy(np.stack([image] * args.batch)).float().div(255.0)

@@ -26,8 +26,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))  # sb_testkit and the package import shim
 
 import conftest  # noqa: E402,F401  (registers the package as salient_background when not installed)
-from salient_background.models.expansion import score_expansion  # noqa: E402
-from salient_background.models.sam import SamImageSession, load_sam, prompts_from_mask  # noqa: E402
+from salient_background.models.scoring.expansion import score_expansion  # noqa: E402
+from salient_background.models.networks.sam import SamImageSession, load_sam, prompts_from_mask  # noqa: E402
 from sb_testkit.images import object_on_background  # noqa: E402
 from sb_testkit.sam import save_random_sam  # noqa: E402
 
@@ -62,7 +62,7 @@ def main() -> None:
     session.predict(prompts_from_mask(mask, args.points, 0))
     pred = session.predictor
     from segment_anything.utils.transforms import ResizeLongestSide
-    from salient_background.models.image_ops import image_to_uint8
+    from salient_background.models.imaging.image_ops import image_to_uint8
 
     resized = ResizeLongestSide(model.image_encoder.img_size).apply_image(image_to_uint8(image))
     x = model.preprocess(torch.as_tensor(resized).permute(2, 0, 1).contiguous()[None].float())

@@ -23,7 +23,7 @@ from .common import ensure_output_dir
 PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE_PHOTO = os.path.join(PACK_ROOT, "workflows", "inputs", "example_product.png")
 DEFAULT_PROMPT = "a glass bottle on a wooden table in a sunny kitchen"
-SELECTION = "demo"  # the registry's selection of what the demo needs (models/model_registry.py ALIASES)
+SELECTION = "demo"  # the registry's selection of what the demo needs (models/model_files/model_registry.py ALIASES)
 # registry key prefix -> the option that replaces those files
 OVERRIDDEN_BY = {"sd2_inpainting": "si2", "si2_": "si2", "controlnet": "controlnet", "inspyrenet": "salient_checkpoint",
                  "sam_": "sam"}
@@ -72,7 +72,7 @@ def default_model_paths(models_dir: str) -> dict[str, str]:
 
 def missing_files(args) -> list:
     """Registry rows of the demo's selection that are not in ``--models-dir`` and not replaced by an override."""
-    from ..models.model_registry import FOLDER_DEFAULT_SUBDIRS, select
+    from ..models.model_files.model_registry import FOLDER_DEFAULT_SUBDIRS, select
 
     missing = []
     for entry in select([SELECTION]):
@@ -104,7 +104,7 @@ def _check_or_fetch_models(args) -> None:
         missing = missing_files(args)
     if not missing:
         return
-    from ..models.model_registry import human_size
+    from ..models.model_files.model_registry import human_size
 
     total = sum(m.expected_bytes() or 0 for m in missing)
     print(f"missing in {args.models_dir}:", file=sys.stderr)
@@ -118,7 +118,7 @@ def _check_or_fetch_models(args) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models.pipeline import validate_si2_path
+    from ..models.generation.pipeline import validate_si2_path
 
     if not os.path.isfile(args.photo):
         raise InputError(f"no such photo: {args.photo!r}")

@@ -9,14 +9,14 @@ import sys
 
 
 def add_parser(subparsers) -> None:
-    from ..models.model_registry import selection_names
+    from ..models.model_files.model_registry import selection_names
 
     parser = subparsers.add_parser(
         "download",
         help="fetch the model files (SD2 inpainting, the salient ControlNet, InSPyReNet, SAM) into ComfyUI's folders",
         description=(
             "Download the pack's published model files into ComfyUI's model folders, verified against the sizes and "
-            "checksums in models/model_registry.py. Without names: everything except SAM ViT-L/H. Files already "
+            "checksums in models/model_files/model_registry.py. Without names: everything except SAM ViT-L/H. Files already "
             "present and valid are skipped; an interrupted download resumes."
         ),
     )
@@ -45,9 +45,9 @@ def _check_text(m) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models import downloader
-    from ..models.model_paths import discover
-    from ..models.model_registry import MODEL_FILES, cli_name, render_markdown_table, select
+    from ..models.model_files import downloader
+    from ..models.model_files.model_paths import discover
+    from ..models.model_files.model_registry import MODEL_FILES, cli_name, render_markdown_table, select
 
     if args.markdown:
         print(render_markdown_table())
@@ -101,7 +101,7 @@ def _report_failures(errors) -> None:
     destination, and the advice once, instead of one long paragraph per file repeating it all."""
     from urllib.parse import urlparse
 
-    from ..models.downloader import network_advice
+    from ..models.model_files.downloader import network_advice
 
     if not errors:
         return

@@ -169,7 +169,7 @@ def load_mask(path: str):
 def load_image(path: str):
     from PIL import Image
 
-    from ..models.image_ops import pil_to_image
+    from ..models.imaging.image_ops import pil_to_image
 
     with Image.open(path) as img:
         img.load()
@@ -193,7 +193,7 @@ def read_results(csv_path: str) -> list[dict]:
 
 
 def summarise(rows: list[dict], threshold: float, settings: dict) -> dict:
-    from ..models.expansion import describe_distribution
+    from ..models.scoring.expansion import describe_distribution
 
     summary = {"images": len(rows), "threshold_on": "expansion_relative", "settings": settings}
     for field in SUMMARISED:
@@ -236,8 +236,8 @@ def resolve_sam(name: str) -> str:
     """A path, or a file name (or a download name such as ``sam-vit-b``) looked up in ComfyUI's ``sams`` folders
     (found as the ``download`` command finds them: the ComfyUI around the pack, ``COMFYUI_PATH``, its
     extra_model_paths.yaml)."""
-    from ..models.model_paths import discover
-    from ..models.model_registry import lookup, where_to_get
+    from ..models.model_files.model_paths import discover
+    from ..models.model_files.model_registry import lookup, where_to_get
 
     if os.path.isfile(name):
         return name
@@ -311,7 +311,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     import torch
 
     from ..models.precision import parse_device
-    from ..models.sam import load_sam
+    from ..models.networks.sam import load_sam
     from .common import ensure_output_dir
 
     # everything cheap first: the SAM file, the inputs, the device and the output folder, before any model loads
@@ -329,7 +329,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     salient = None
     if args.salient_checkpoint:
-        from ..models.salient import load_salient_model
+        from ..models.networks.salient import load_salient_model
 
         salient = load_salient_model(args.salient_checkpoint, mode=args.salient_mode, device=device, dtype=torch.float32)
     failed = _score_rows(todo, len(rows), model, salient, args, fields)
@@ -405,7 +405,7 @@ def _start_csv(csv_path: str, fields: list[str], done: list[dict], rows: list[di
 def _score_rows(todo: list[dict], total: int, model, salient, args: argparse.Namespace, fields: list[str]) -> list[dict]:
     """Score ``todo`` into the CSV, one flushed row per image; an unreadable image or mask is logged, skipped and
     returned (with the reason) instead of stopping the batch."""
-    from ..models.expansion import score_expansion, signed_salient_change
+    from ..models.scoring.expansion import score_expansion, signed_salient_change
 
     bar = _progress(total, total - len(todo), args.no_progress)
     mask_cache: dict = {}

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..models.errors import InputError
-from ..models.item_ids import assign_ids, base_name, colliding_groups, safe_name
+from ..models.runs.item_ids import assign_ids, base_name, colliding_groups, safe_name
 from .common import ensure_output_dir
 from .files import IMAGE_SUFFIXES, find_images, save_image_atomically, write_atomically, write_json_atomically
 
@@ -230,7 +230,7 @@ def _picture_size(path: str) -> Optional[tuple[int, int]]:
 
 # ---------------------------------------------------------------------------------------------- checks before any model
 def _validate_options(args) -> None:
-    from ..models.pipeline import SCHEDULERS
+    from ..models.generation.pipeline import SCHEDULERS
 
     if args.size <= 0 or args.size % 8:
         raise InputError(f"--size must be a positive multiple of 8, got {args.size}")
@@ -258,7 +258,7 @@ def _validate_paths(args) -> None:
     for option, path in named:
         if path and not os.path.exists(path):
             raise InputError(f"{option} {path!r} does not exist")
-    from ..models.pipeline import validate_si2_path
+    from ..models.generation.pipeline import validate_si2_path
 
     validate_si2_path(args.pipeline or args.si2)  # folder layout, or a single file with its config (no weights read)
     if args.masks and not os.path.isdir(args.masks):
@@ -522,7 +522,7 @@ class FramedPhoto:
 
 def _salient_mask(salient, photo):
     """(PIL 'L' object mask, found nothing) from the salient model run on PIL ``photo``."""
-    from ..models import image_ops
+    from ..models.imaging import image_ops
 
     prediction = salient.predict(image_ops.pil_to_image(photo)[0])
     return image_ops.mask_to_pil(prediction.maps[0].float().cpu()), bool(prediction.empty[0])
@@ -536,7 +536,7 @@ def frame_photo(item: Item, args, salient, dirs: dict) -> Optional[FramedPhoto]:
     import torch
     from PIL import Image
 
-    from ..models import framing
+    from ..models.imaging import framing
 
     try:
         with Image.open(item.path) as pil:
@@ -575,7 +575,7 @@ def frame_photos(items: list[Item], args, device, dtype, dirs: dict) -> dict[str
 
     salient = None
     if args.salient_checkpoint and any(item.mask_path is None for item in items):
-        from ..models.salient import load_salient_model
+        from ..models.networks.salient import load_salient_model
 
         salient = load_salient_model(args.salient_checkpoint, mode=args.salient_mode, device=device, dtype=dtype)
     framed = {}
@@ -597,7 +597,7 @@ def _generate_batch(pipe, chunk: list[Job], framed: dict[str, FramedPhoto], args
     import torch
     from PIL import Image
 
-    from ..models import image_ops
+    from ..models.imaging import image_ops
 
     images = torch.cat([image_ops.pil_to_image(Image.open(framed[j.item.id].input_path))[0] for j in chunk])
     object_masks = torch.stack([
@@ -612,7 +612,7 @@ def _generate_batch(pipe, chunk: list[Job], framed: dict[str, FramedPhoto], args
     )
     if not args.paste_back:
         return result.images
-    from ..models.compositing import paste_object_back
+    from ..models.imaging.compositing import paste_object_back
 
     return paste_object_back(result.images, images, object_masks, erode=args.paste_erode, feather=args.paste_feather)
 
@@ -621,7 +621,7 @@ def _write_picture(job: Job, picture, photo: FramedPhoto, args, dirs: dict) -> s
     """Save generated/<name> (and restored/<name> with --restore); returns the restored path relative to the folder."""
     from PIL import Image
 
-    from ..models import framing, image_ops
+    from ..models.imaging import framing, image_ops
 
     save_image_atomically(Image.fromarray(image_ops.image_to_uint8(picture)), os.path.join(dirs["generated"], job.name))
     if not args.restore:
@@ -654,7 +654,7 @@ def _output_dirs(out: str) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models.pipeline import load_pipeline
+    from ..models.generation.pipeline import load_pipeline
     from ..models.precision import parse_device, resolve_dtype
 
     _validate_options(args)

@@ -7,7 +7,7 @@ import os
 from typing import Optional
 
 from ..models.errors import InputError
-from ..models.item_ids import assign_ids, base_name, colliding_groups
+from ..models.runs.item_ids import assign_ids, base_name, colliding_groups
 from .common import ensure_output_dir
 from .files import IMAGE_SUFFIXES, FoundImage, find_images, save_image_atomically
 
@@ -68,9 +68,9 @@ def _unique(images: list[FoundImage]) -> list[FoundImage]:
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from ..models import image_ops
+    from ..models.imaging import image_ops
     from ..models.precision import parse_device, resolve_dtype
-    from ..models.salient import load_salient_model
+    from ..models.networks.salient import load_salient_model
 
     images = _unique(find_images(args.inputs))
     if not images:

@@ -12,9 +12,9 @@ from typing import Iterable
 
 import torch
 
-from ..models.checkpoint_io import WEIGHT_SUFFIXES
+from ..models.networks.checkpoint_io import WEIGHT_SUFFIXES
 from ..models.errors import CheckpointError
-from ..models.model_registry import FOLDER_DEFAULT_SUBDIRS
+from ..models.model_files.model_registry import FOLDER_DEFAULT_SUBDIRS
 
 log = logging.getLogger("salient_background")
 
@@ -28,7 +28,7 @@ def _comfy_available() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- model folders
-# The model folders the pack adds to ComfyUI (sub-folders of ComfyUI/models named in models/model_registry.py).
+# The model folders the pack adds to ComfyUI (sub-folders of ComfyUI/models named in models/model_files/model_registry.py).
 # ComfyUI's own folders (checkpoints, controlnet, diffusers) are left as ComfyUI defines them.
 PACK_MODEL_FOLDERS = ("salient", "sams")
 
@@ -106,10 +106,10 @@ def resolve_model_file(folder: str, name: str, *, where_to_get: str, registry_ke
 
     A missing file raises a :class:`CheckpointError` naming the file, every folder searched, the exact
     ``python -m salient_background download ...`` command when the file is one of the pack's published files
-    (``registry_key``, or ``name`` itself, looked up in ``models/model_registry.py``) and ``where_to_get``.
+    (``registry_key``, or ``name`` itself, looked up in ``models/model_files/model_registry.py``) and ``where_to_get``.
 
     Opt-in: with the environment variable ``SALIENT_BG_AUTO_DOWNLOAD=1`` a missing published file is downloaded
-    into the folder's first path (through ``models/downloader.py``, verified) and its path returned. Without it
+    into the folder's first path (through ``models/model_files/downloader.py``, verified) and its path returned. Without it
     nothing touches the network.
     """
     # the model folder first: a bare name from a node's file list must not pick up a same-named file that
@@ -119,8 +119,8 @@ def resolve_model_file(folder: str, name: str, *, where_to_get: str, registry_ke
         return path
     if os.path.isfile(name):
         return name
-    from ..models import downloader
-    from ..models.model_registry import lookup
+    from ..models.model_files import downloader
+    from ..models.model_files.model_registry import lookup
 
     folders = model_folder_paths(folder)
     ours = lookup(name)  # only a file of ours can be fetched under the requested name
@@ -153,7 +153,7 @@ def validate_model_choice(resolve) -> bool | str:
     a file this ComfyUI does not have shows our message (the folders searched and the download command) before
     anything runs. With auto-download on, the loader fetches the file, so validation lets it through.
     """
-    from ..models import downloader
+    from ..models.model_files import downloader
 
     if downloader.auto_download_enabled():
         return True
@@ -176,7 +176,7 @@ def _models_dir_args() -> str:
 
 
 def _locations_for(folder: str, paths: list[str]):
-    from ..models.model_paths import ModelLocations
+    from ..models.model_files.model_paths import ModelLocations
 
     return ModelLocations(folders={folder: list(paths)}, origin=["ComfyUI folder_paths"])
 

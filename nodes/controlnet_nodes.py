@@ -14,10 +14,10 @@ import logging
 
 import torch
 
-from ..models import framing, image_ops
-from ..models.comfy_keys import convert_diffusers_to_comfy
-from ..models.compositing import paste_object_back
-from ..models.controlnet_checkpoint import (
+from ..models.imaging import framing, image_ops
+from ..models.networks.comfy_keys import convert_diffusers_to_comfy
+from ..models.imaging.compositing import paste_object_back
+from ..models.networks.controlnet_checkpoint import (
     SALIENT_IN_CHANNELS,
     SD2_CROSS_ATTENTION_DIM,
     WHERE_TO_GET,
@@ -25,8 +25,8 @@ from ..models.controlnet_checkpoint import (
     load_controlnet_state_dict,
 )
 from ..models.errors import CheckpointError, InputError
-from ..models.framing import FrameRecord
-from ..models.inpaint_inputs import build_inpaint_inputs, latent_mask
+from ..models.imaging.framing import FrameRecord
+from ..models.generation.inpaint_inputs import build_inpaint_inputs, latent_mask
 from . import comfy_glue
 
 log = logging.getLogger("salient_background")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models import mask_ops
+from ..models.imaging import mask_ops
 from . import comfy_glue
 
 

@@ -5,10 +5,10 @@ import logging
 
 import torch
 
-from ..models import image_ops
-from ..models.model_cache import ModelCache
+from ..models.imaging import image_ops
+from ..models.model_files.model_cache import ModelCache
 from ..models.precision import PRECISIONS, resolve_dtype
-from ..models.salient import OFFICIAL_FILES_HINT, RESIZE_POLICIES
+from ..models.networks.salient import OFFICIAL_FILES_HINT, RESIZE_POLICIES
 from . import comfy_glue
 
 log = logging.getLogger("salient_background")
@@ -35,7 +35,7 @@ _MODELS: ModelCache[SalientModel] = ModelCache(size=2)
 
 
 def load_salient_model_cached(path: str, mode: str, precision: str) -> SalientModel:
-    from ..models.salient import load_salient_model
+    from ..models.networks.salient import load_salient_model
 
     device = comfy_glue.torch_device()
     dtype = resolve_dtype(precision, device)

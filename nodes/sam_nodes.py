@@ -8,11 +8,11 @@ from typing import Any
 
 import torch
 
-from ..models import expansion as expansion_metric
-from ..models.image_ops import as_mask_batch, as_rgb_images
-from ..models.model_cache import ModelCache
-from ..models.salient import RESIZE_POLICIES as SALIENT_RESIZE_POLICIES
-from ..models.sam import MASK_CHOICES, REFINE_MODES, WHERE_TO_GET, SamArchitecture, load_sam, refine_masks
+from ..models.scoring import expansion as expansion_metric
+from ..models.imaging.image_ops import as_mask_batch, as_rgb_images
+from ..models.model_files.model_cache import ModelCache
+from ..models.networks.salient import RESIZE_POLICIES as SALIENT_RESIZE_POLICIES
+from ..models.networks.sam import MASK_CHOICES, REFINE_MODES, WHERE_TO_GET, SamArchitecture, load_sam, refine_masks
 from . import comfy_glue
 from . import CATEGORY as ROOT_CATEGORY
 

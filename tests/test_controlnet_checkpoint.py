@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from salient_background.models import comfy_keys
-from salient_background.models.controlnet_checkpoint import (
+from salient_background.models.networks import comfy_keys
+from salient_background.models.networks.controlnet_checkpoint import (
     SD2_SALIENT_CONTROLNET_CONFIG,
     build_diffusers_controlnet,
     infer_config,

@@ -18,9 +18,9 @@ import urllib.request
 
 import pytest
 
-from salient_background.models import downloader, model_paths, model_registry
+from salient_background.models.model_files import downloader, model_paths, model_registry
 from salient_background.models.errors import CheckpointError, UserFacingError
-from salient_background.models.model_registry import MODEL_FILES, ModelFile
+from salient_background.models.model_files.model_registry import MODEL_FILES, ModelFile
 from sb_testkit.local_http import LocalFileServer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -380,7 +380,7 @@ def test_table_covers_every_model_folder_the_nodes_register():
         if name in model_registry.NO_PUBLISHED_FILES:
             continue
         assert any(m.folder == name for m in MODEL_FILES), (
-            f"the nodes register the model folder '{name}' but models/model_registry.py has no file for it: add the "
+            f"the nodes register the model folder '{name}' but models/model_files/model_registry.py has no file for it: add the "
             "published file(s), or list the folder in NO_PUBLISHED_FILES with the reason"
         )
         assert model_registry.FOLDER_DEFAULT_SUBDIRS.get(name) == subdir, (
@@ -393,10 +393,10 @@ def test_table_covers_every_model_folder_the_nodes_register():
 
 
 def test_table_covers_every_variant_the_loaders_accept():
-    from salient_background.models.sam import loading as sam_loading
+    from salient_background.models.networks.sam import loading as sam_loading
 
     variants = getattr(sam_loading, "OFFICIAL_VARIANTS", None)
-    assert variants, "models/sam/loading.py no longer lists OFFICIAL_VARIANTS: update this test"
+    assert variants, "models/networks/sam/loading.py no longer lists OFFICIAL_VARIANTS: update this test"
     for variant in variants:
         assert f"sam_{variant}" in model_registry.BY_KEY, f"SAM {variant} is accepted but has no download entry"
     # the salient node's modes map to InSPyReNet checkpoints
@@ -438,8 +438,8 @@ def _pack_sources():
 def test_where_to_get_a_file_comes_from_the_registry_only():
     """No published URL is written out anywhere but the registry, and every hint that code builds comes from
     model_registry.where_to_get (the loaders' messages included)."""
-    from salient_background.models import controlnet_checkpoint, salient
-    from salient_background.models.sam import loading as sam_loading
+    from salient_background.models.networks import controlnet_checkpoint, salient
+    from salient_background.models.networks.sam import loading as sam_loading
 
     hosts = {u.split("/")[2] for m in MODEL_FILES for u in m.urls}
     for path, text in _pack_sources().items():

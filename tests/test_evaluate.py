@@ -58,8 +58,8 @@ def _run(dataset, out, *extra):
 
 
 def test_csv_rows_match_a_direct_computation(dataset, tmp_path):
-    from salient_background.models.expansion import score_expansion
-    from salient_background.models.sam import load_sam
+    from salient_background.models.scoring.expansion import score_expansion
+    from salient_background.models.networks.sam import load_sam
 
     out = tmp_path / "run"
     assert _run(dataset, out) == 0
@@ -87,7 +87,7 @@ def test_csv_rows_match_a_direct_computation(dataset, tmp_path):
 
 
 def test_resume_scores_only_what_is_missing(dataset, tmp_path, monkeypatch):
-    import salient_background.models.expansion as expansion
+    import salient_background.models.scoring.expansion as expansion
 
     out = tmp_path / "run"
     assert _run(dataset, out) == 0
@@ -170,11 +170,11 @@ def test_folder_without_matches_is_a_clear_error(tmp_path, capsys):
 
 
 def test_salient_column_uses_the_salient_model_api(dataset, tmp_path, monkeypatch):
-    """--salient-checkpoint adds the notebook's signed area change, computed through models/salient.py's
+    """--salient-checkpoint adds the notebook's signed area change, computed through models/networks/salient.py's
     load_salient_model(...).predict(images, resize).maps (replaced here by a stand-in with that API)."""
     from types import SimpleNamespace
 
-    import salient_background.models.salient as salient
+    import salient_background.models.networks.salient as salient
 
     calls = []
 
@@ -208,7 +208,7 @@ def test_salient_column_uses_the_salient_model_api(dataset, tmp_path, monkeypatc
 @pytest.fixture()
 def no_model_load(monkeypatch):
     """Fails the test if evaluate loads SAM: each of these inputs must be refused before any model loads."""
-    import salient_background.models.sam as sam
+    import salient_background.models.networks.sam as sam
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the input was validated")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from salient_background.models import expansion as ex
+from salient_background.models.scoring import expansion as ex
 from salient_background.models.errors import InputError
 from sb_testkit.images import disk_mask, object_on_background, rect_mask
 from sb_testkit.sam import cached_checkpoint, single_thread
@@ -141,7 +141,7 @@ def test_distribution_summary():
 
 
 def test_score_expansion_matches_an_independent_count_on_sam_masks():
-    from salient_background.models.sam import load_sam
+    from salient_background.models.networks.sam import load_sam
 
     model = load_sam(cached_checkpoint("tiny")).model
     image, mask = object_on_background(48, 64)

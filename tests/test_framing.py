@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from salient_background.models import framing
-from salient_background.models.compositing import paste_alpha, paste_object_back
+from salient_background.models.imaging import framing
+from salient_background.models.imaging.compositing import paste_alpha, paste_object_back
 from salient_background.models.errors import InputError
 from salient_background.nodes.controlnet_nodes import FrameForSD2, PasteObjectBack, RestoreFrame
 from sb_testkit.images import object_on_background, rect_mask, textured_image

@@ -99,7 +99,7 @@ def test_generate_folder_writes_images_masks_and_an_evaluator_manifest(tiny_sd, 
 
 def test_generate_from_manifest_with_salient_masks(tiny_sd, tmp_path, monkeypatch):
     """Manifest input (per-row prompts and seeds); the mask comes from the salient model run on the framed photo."""
-    import salient_background.models.salient as salient
+    import salient_background.models.networks.salient as salient
 
     photos, _, _ = _photo_folder(tmp_path)
     seen = []
@@ -267,8 +267,8 @@ def test_collect_items_ids_are_unique_and_independent_of_order(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- checks before heavy work
 def _forbid_models(monkeypatch):
-    import salient_background.models.pipeline as pipeline
-    import salient_background.models.salient as salient
+    import salient_background.models.generation.pipeline as pipeline
+    import salient_background.models.networks.salient as salient
 
     def forbidden(*a, **k):
         raise AssertionError("a model was loaded before the options were checked")
@@ -307,7 +307,7 @@ def test_bad_options_fail_before_any_model_or_output(tiny_sd, tmp_path, monkeypa
 
 
 def test_a_run_with_nothing_to_do_does_not_run_the_salient_model_again(tiny_sd, tmp_path, monkeypatch, capsys):
-    import salient_background.models.salient as salient
+    import salient_background.models.networks.salient as salient
 
     photos, _, _ = _photo_folder(tmp_path)
     ckpt = tmp_path / "ckpt_base.pth"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from salient_background.models import image_ops
+from salient_background.models.imaging import image_ops
 from salient_background.models.errors import InputError
 
 

@@ -12,13 +12,13 @@ from PIL import Image
 
 from salient_background import cli
 from salient_background.commands.files import write_atomically
-from salient_background.models import item_ids
+from salient_background.models.runs import item_ids
 
 
 @pytest.fixture
 def stub_salient(monkeypatch):
     """InSPyReNet stand-in: the mask is the photo's red channel (so each output shows which photo it came from)."""
-    import salient_background.models.salient as salient
+    import salient_background.models.networks.salient as salient
 
     class Stub:
         def predict(self, images, **kw):

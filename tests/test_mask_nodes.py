@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from salient_background.models import mask_ops
+from salient_background.models.imaging import mask_ops
 from salient_background.nodes.mask_nodes import MaskRefine
 from sb_testkit.images import disk_mask, rect_mask
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from salient_background.models import mask_ops
+from salient_background.models.imaging import mask_ops
 from sb_testkit.images import disk_mask, rect_mask
 
 

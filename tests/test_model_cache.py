@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from salient_background.models.model_cache import ModelCache
+from salient_background.models.model_files.model_cache import ModelCache
 from salient_background.nodes import comfy_glue, salient_nodes
 
 
@@ -123,7 +123,7 @@ def test_a_missing_file_raises_before_loading(tmp_path):
 
 def test_salient_loader_keys_on_mode_precision_and_device(weights, monkeypatch):
     """The node's key: the resolved dtype (auto = fp32 on the CPU shares fp32's model), the mode and the device."""
-    from salient_background.models import salient
+    from salient_background.models.networks import salient
 
     loads = []
 

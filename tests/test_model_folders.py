@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from salient_background.models.model_registry import FOLDER_DEFAULT_SUBDIRS
+from salient_background.models.model_files.model_registry import FOLDER_DEFAULT_SUBDIRS
 from salient_background.nodes import comfy_glue
 from salient_background.nodes.salient_nodes import SALIENT_FOLDER, LoadSalientModel
 from salient_background.nodes.sam_nodes import SAM_FOLDER, SAMLoader

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from salient_background.models import model_paths
+from salient_background.models.model_files import model_paths
 from salient_background.models.errors import UserFacingError
 
 

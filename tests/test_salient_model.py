@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from salient_background.models.errors import CheckpointError, InputError
-from salient_background.models.inspyrenet import OFFICIAL_KEY_COUNT, InSPyReNet
+from salient_background.models.networks.inspyrenet import OFFICIAL_KEY_COUNT, InSPyReNet
 from salient_background.models.precision import resolve_dtype
-from salient_background.models.salient import (
+from salient_background.models.networks.salient import (
     EMPTY_THRESHOLD,
     MODES,
     SalientSegmenter,

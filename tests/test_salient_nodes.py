@@ -122,7 +122,7 @@ def test_mask_command_writes_mask_and_cutout(inspyrenet_fast_checkpoint, tmp_pat
     assert np.array_equal(cutout[..., 3], mask)  # the cut-out's alpha is the object mask
     assert np.array_equal(cutout[..., :3], synthetic_photo(120, 80, seed=7))
     assert mask.max() == 255 and mask.min() == 0
-    # a photo in a sub-folder is named after its path under the folder given (models/item_ids.py)
+    # a photo in a sub-folder is named after its path under the folder given (models/runs/item_ids.py)
     assert os.path.exists(out / "nested__b_mask.png") and os.path.exists(out / "nested__b_cutout.png")
 
 

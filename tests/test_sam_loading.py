@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from salient_background.models.errors import CheckpointError
-from salient_background.models.sam import detect_sam_architecture, load_sam, sam_from_state_dict
+from salient_background.models.networks.sam import detect_sam_architecture, load_sam, sam_from_state_dict
 from sb_testkit.sam import cached_checkpoint, official_state_shapes
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from salient_background.models.sam import (
+from salient_background.models.networks.sam import (
     chamfer_distance,
     mask_box,
     prompts_from_mask,

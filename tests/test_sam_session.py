@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from salient_background.models.sam import (
+from salient_background.models.networks.sam import (
     PromptSet,
     SamImageSession,
     choose_output,
@@ -91,7 +91,7 @@ def test_embedding_is_computed_once_per_image(tiny):
         for seed in range(5):
             session.predict(prompts_from_mask(mask, 3, seed))
         assert counter.calls == 1
-    from salient_background.models.expansion import score_expansion
+    from salient_background.models.scoring.expansion import score_expansion
 
     with EncoderCounter(tiny) as counter:
         run = score_expansion(tiny, image[None].expand(4, -1, -1, -1), mask, points=4)
@@ -102,8 +102,8 @@ def test_embedding_is_computed_once_per_image(tiny):
 
 
 def test_prompts_are_sampled_once_for_a_batch_of_one_mask(tiny, monkeypatch):
-    import salient_background.models.sam as sam_pkg
-    from salient_background.models.expansion import score_expansion
+    import salient_background.models.networks.sam as sam_pkg
+    from salient_background.models.scoring.expansion import score_expansion
 
     calls = []
     real = sam_pkg.prompts_from_mask

@@ -62,7 +62,7 @@ def _image(pipe):
 
 
 def test_single_file_and_diffusers_folder_give_the_same_image(tiny_sd, models_fp32, no_network):  # noqa: F811
-    from salient_background.models.pipeline import load_pipeline
+    from salient_background.models.generation.pipeline import load_pipeline
 
     folder = load_pipeline(si2_path=tiny_sd.si2_dir, controlnet_path=tiny_sd.controlnet_dir)
     single = load_pipeline(si2_path=os.path.join(models_fp32, SINGLE), controlnet_path=tiny_sd.controlnet_dir)
@@ -76,7 +76,7 @@ def test_single_file_and_diffusers_folder_give_the_same_image(tiny_sd, models_fp
 
 
 def test_the_fp16_file_loads_in_the_requested_dtype(tiny_sd, models_fp16, no_network):  # noqa: F811
-    from salient_background.models.pipeline import load_pipeline, load_si2_components
+    from salient_background.models.generation.pipeline import load_pipeline, load_si2_components
 
     path = os.path.join(models_fp16, SINGLE)
     vae, text_encoder, _tok, unet, _sched = load_si2_components(path, dtype=torch.bfloat16)
@@ -89,7 +89,7 @@ def test_the_fp16_file_loads_in_the_requested_dtype(tiny_sd, models_fp16, no_net
 
 
 def test_the_ckpt_form_and_an_explicit_config_folder(tiny_sd, tmp_path, no_network):  # noqa: F811
-    from salient_background.models.pipeline import load_si2_components
+    from salient_background.models.generation.pipeline import load_si2_components
 
     unet, vae, text_encoder, _tok, _cn = tiny_sd.load_components()
     ckpt = write_sd2_single_file(str(tmp_path / "elsewhere" / "sd2-inpainting.ckpt"), unet, vae, text_encoder,
@@ -100,7 +100,7 @@ def test_the_ckpt_form_and_an_explicit_config_folder(tiny_sd, tmp_path, no_netwo
 
 
 def test_missing_configs_name_the_download_command(tiny_sd, tmp_path):  # noqa: F811
-    from salient_background.models.pipeline import load_pipeline, validate_si2_path
+    from salient_background.models.generation.pipeline import load_pipeline, validate_si2_path
 
     models = comfyui_models_dir(tiny_sd, str(tmp_path / "models"), with_configs=False)
     path = os.path.join(models, SINGLE)
@@ -120,7 +120,7 @@ def test_missing_configs_name_the_download_command(tiny_sd, tmp_path):  # noqa: 
 def test_wrong_files_get_one_line_errors(tiny_sd, models_fp32, tmp_path):  # noqa: F811
     from safetensors.torch import load_file, save_file
 
-    from salient_background.models.pipeline import load_si2_components, validate_si2_path
+    from salient_background.models.generation.pipeline import load_si2_components, validate_si2_path
 
     with pytest.raises(CheckpointError, match="SD2-inpainting model not found"):
         validate_si2_path(str(tmp_path / "missing.safetensors"))

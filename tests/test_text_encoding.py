@@ -1,4 +1,4 @@
-"""models/text_encoding.py: the one caption -> embedding path of the pipeline and the trainer."""
+"""models/generation/text_encoding.py: the one caption -> embedding path of the pipeline and the trainer."""
 from __future__ import annotations
 
 import torch
@@ -6,7 +6,7 @@ from transformers import CLIPTokenizer
 
 from sb_testkit.diffusers_models import build_tiny_text_encoder, write_toy_tokenizer
 
-from salient_background.models.text_encoding import (FALLBACK_MAX_LENGTH, embed_token_ids, encode_texts,
+from salient_background.models.generation.text_encoding import (FALLBACK_MAX_LENGTH, embed_token_ids, encode_texts,
                                                      fix_token_length, token_length, tokenize)
 
 
@@ -43,7 +43,7 @@ def test_pipeline_and_trainer_embed_a_caption_identically(tmp_path):
 
 def _encode_prompt(tok, te, prompts):
     """SalientBackgroundPipeline.encode_prompt on a stand-in object holding just the tokenizer and text encoder."""
-    from salient_background.models.pipeline import SalientBackgroundPipeline
+    from salient_background.models.generation.pipeline import SalientBackgroundPipeline
 
     class Holder:
         tokenizer, text_encoder = tok, te

@@ -266,7 +266,7 @@ def _fixed_batch_loss(tiny, data, controlnet, n=4):
     """Loss of ``controlnet`` on a fixed set: rows 0..n-1, fixed crops and noise, 3 timesteps spread out."""
     from diffusers import DDPMScheduler
 
-    from salient_background.models.pipeline import load_si2_components
+    from salient_background.models.generation.pipeline import load_si2_components
     from salient_background.training.train import training_loss
 
     vae, te, tok, unet, _ = load_si2_components(tiny.si2_dir)
@@ -286,7 +286,7 @@ def _fixed_batch_loss(tiny, data, controlnet, n=4):
 def test_zero_initialised_controlnet_leaves_si2_unchanged(tiny_sd, dataset_dir):
     from diffusers import ControlNetModel
 
-    from salient_background.models.pipeline import SalientBackgroundPipeline, load_si2_components
+    from salient_background.models.generation.pipeline import SalientBackgroundPipeline, load_si2_components
 
     vae, te, tok, unet, sched = load_si2_components(tiny_sd.si2_dir)
     cn = ControlNetModel.from_unet(unet, conditioning_channels=3,
@@ -340,8 +340,8 @@ def test_resume_is_bitwise_identical(tiny_sd, dataset_dir, tmp_path):
 
 
 def test_export_loads_through_the_loader_and_reproduces_residuals(tiny_sd, dataset_dir, tmp_path):
-    from salient_background.models.controlnet_checkpoint import build_diffusers_controlnet
-    from salient_background.models.pipeline import load_controlnet, load_si2_components
+    from salient_background.models.networks.controlnet_checkpoint import build_diffusers_controlnet
+    from salient_background.models.generation.pipeline import load_controlnet, load_si2_components
     from salient_background.training.export import export_checkpoint
 
     result = _train(_config(tiny_sd, dataset_dir, tmp_path / "run", max_train_steps=2, checkpointing_steps=2,
@@ -423,7 +423,7 @@ def test_text_embedding_cache_trains_the_same_model(tiny_sd, dataset_dir, tmp_pa
 
 
 def test_text_embedding_cache_is_skipped_when_the_captions_outweigh_the_encoder(tiny_sd):
-    from salient_background.models.pipeline import load_si2_components
+    from salient_background.models.generation.pipeline import load_si2_components
     from salient_background.training.train import TextEmbeddingCache
 
     text_encoder = load_si2_components(tiny_sd.si2_dir)[1]
@@ -505,8 +505,8 @@ def test_latent_cache_holds_the_vae_posteriors_and_resumes(tiny_sd, dataset_dir,
     """--latent-cache: K fixed crops per row encoded once; training reads them instead of running the VAE."""
     from safetensors.torch import load_file
 
-    from salient_background.models.inpaint_inputs import build_inpaint_inputs
-    from salient_background.models.pipeline import load_si2_components
+    from salient_background.models.generation.inpaint_inputs import build_inpaint_inputs
+    from salient_background.models.generation.pipeline import load_si2_components
 
     kw = dict(max_train_steps=3, latent_cache=True, latent_cache_crops=2, text_embedding_cache=True, learning_rate=1e-3,
               checkpointing_steps=3)

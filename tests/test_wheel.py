@@ -102,7 +102,7 @@ def test_every_module_of_the_package_is_in_the_wheel_and_nothing_else(wheel_name
     assert loose - MAINTAINER_SCRIPTS == set(), (
         "Python files outside any package (add an __init__.py, or list them as maintainer scripts): "
         f"{sorted(loose - MAINTAINER_SCRIPTS)}")
-    assert {"nodes/comfy_glue.py", "models/sam/loading.py", "cli.py"} <= expected  # the walk sees the package
+    assert {"nodes/comfy_glue.py", "models/networks/sam/loading.py", "cli.py"} <= expected  # the walk sees the package
     shipped = {n for n in _package_files(wheel_names) if n.endswith(".py")}
     assert expected - shipped == set(), (
         f"missing from the wheel (add the sub-package to [tool.setuptools] packages): {sorted(expected - shipped)}")

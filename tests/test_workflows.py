@@ -211,7 +211,7 @@ def test_a_seed_without_the_flag_would_shift_the_sam_widgets(schemas):
 def test_every_model_loader_offers_its_download():
     """The frontend (properties.models: {name, url, directory}) lists an entry whose name equals a widget value of
     the node as a model to download into that model folder when the file is missing."""
-    from salient_background.models import model_registry
+    from salient_background.models.model_files import model_registry
 
     spec = importlib.util.spec_from_file_location("build_workflows", os.path.join(WORKFLOWS, "build_workflows.py"))
     builder = importlib.util.module_from_spec(spec)

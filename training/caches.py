@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from ..models.text_encoding import embed_token_ids, tokenize
+from ..models.generation.text_encoding import embed_token_ids, tokenize
 from . import data as tdata
 
 log = logging.getLogger("salient_background")
@@ -85,7 +85,7 @@ def _open_latent_cache(config, dataset, accelerator) -> str:
 
 def _encode_row(dataset, index: int, vae, device, weight_dtype) -> dict:
     """The VAE posteriors (mean, std) of the photo and of the masked photo for every cached crop of one row."""
-    from ..models.inpaint_inputs import build_inpaint_inputs
+    from ..models.generation.inpaint_inputs import build_inpaint_inputs
 
     out = {k: [] for k in tdata.LATENT_KEYS}
     for crop in range(dataset.config.latent_cache_crops):

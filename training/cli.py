@@ -63,7 +63,7 @@ def run_prepare(args) -> int:
     device = torch.device(device or "cpu")
     if args.salient_checkpoint and not args.masks_dir:
         from ..models.precision import resolve_dtype
-        from ..models.salient import load_salient_model
+        from ..models.networks.salient import load_salient_model
 
         segmenter = load_salient_model(args.salient_checkpoint, mode=args.salient_mode, device=device,
                                        dtype=resolve_dtype("auto", device))

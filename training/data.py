@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from ..models.errors import InputError
-from ..models.inpaint_inputs import build_inpaint_inputs
-from ..models.text_encoding import tokenize
+from ..models.generation.inpaint_inputs import build_inpaint_inputs
+from ..models.generation.text_encoding import tokenize
 
 log = logging.getLogger("salient_background")
 
@@ -126,7 +126,7 @@ def degrade_mask(mask: torch.Tensor, rng: np.random.Generator, *, max_blur: floa
     ``blur``: Gaussian blur with sigma uniform in [1, max_blur] (soft edges; the binarised repaint region moves a
     little, the soft hint spreads); ``dilate`` / ``erode``: grow / shrink by 1..max_pixels pixels (a loose / tight
     user mask); ``bbox``: the object's bounding box (the coarsest level). Returns (mask, kind)."""
-    from ..models import mask_ops
+    from ..models.imaging import mask_ops
 
     kind = kinds[int(rng.integers(len(kinds)))]
     m = mask[None]

@@ -66,7 +66,7 @@ def export_checkpoint(checkpoint: str, folder: str, *, fp16: bool = False, ema: 
     through the loader code. ``ema``: export the EMA weights (the checkpoint must have them)."""
     from safetensors.torch import load_file
 
-    from ..models.controlnet_checkpoint import build_diffusers_controlnet
+    from ..models.networks.controlnet_checkpoint import build_diffusers_controlnet
     from .checkpoints import CONTROLNET_CONFIG, EMA_FILE, RUN_CONFIG, TRAIN_STATE, list_checkpoints
 
     checkpoint = os.fspath(checkpoint)

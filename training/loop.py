@@ -80,7 +80,7 @@ def load_models(config: TrainConfig):
     """(vae, text_encoder, tokenizer, unet, noise_scheduler, scheduler_config, controlnet), all on the CPU in fp32."""
     from diffusers import ControlNetModel, DDPMScheduler
 
-    from ..models.pipeline import load_controlnet, load_si2_components
+    from ..models.generation.pipeline import load_controlnet, load_si2_components
 
     if not config.base_model:
         raise InputError("no base model: pass --base-model, the local stable-diffusion-2-inpainting folder")

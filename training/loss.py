@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..models.inpaint_inputs import latent_mask
-from ..models.text_encoding import embed_token_ids
+from ..models.generation.inpaint_inputs import latent_mask
+from ..models.generation.text_encoding import embed_token_ids
 from . import data as tdata
 from .caches import TextEmbeddingCache
 

@@ -1,6 +1,6 @@
 """Validation during training: the SI2 baseline and the ControlNet side by side on a few fixed inputs.
 
-Every ``validation_steps`` steps the main process renders, through models/pipeline.py, each validation photo with the
+Every ``validation_steps`` steps the main process renders, through models/generation/pipeline.py, each validation photo with the
 ControlNet off (scale 0: plain SD2 inpainting) and on, same seed, and writes the grid photo | hint | SI2 | ControlNet to
 ``<output_dir>/validation/step-<step>.png`` with a line in ``validation.jsonl`` (and, given a SAM checkpoint, the
 object-expansion score of both).
@@ -22,7 +22,7 @@ log = logging.getLogger("salient_background")
 
 
 class Validator:
-    """Validation images through models/pipeline.py: the SI2 baseline (ControlNet scale 0) and the ControlNet side by
+    """Validation images through models/generation/pipeline.py: the SI2 baseline (ControlNet scale 0) and the ControlNet side by
     side, same seed; with ``validation_sam`` also the object-expansion score of both."""
 
     def __init__(self, config: TrainConfig, rows, sample_cfg, sched_cfg):
@@ -84,7 +84,7 @@ class Validator:
     def _generate(self, controlnet, ema, vae, text_encoder, tokenizer, unet) -> dict:
         """{"si2": images, "controlnet": images} (ControlNet scale 0 and 1, same seeds), with the EMA weights when
         EMA is on (the weights the export will hold); the ControlNet is left as it was found."""
-        from ..models.pipeline import SalientBackgroundPipeline, make_scheduler
+        from ..models.generation.pipeline import SalientBackgroundPipeline, make_scheduler
 
         cfg = self.config
         was_training = controlnet.training
@@ -126,8 +126,8 @@ class Validator:
         """The object-expansion score (SAM) of the SI2 and ControlNet images, per image and mean relative."""
         import numpy as np
 
-        from ..models.expansion import score_expansion
-        from ..models.sam import loading
+        from ..models.scoring.expansion import score_expansion
+        from ..models.networks.sam import loading
 
         if self.sam is None:
             self.sam = loading.load_sam(self.config.validation_sam).model

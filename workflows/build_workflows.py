@@ -8,7 +8,7 @@ Widget values are laid out the way ComfyUI's frontend stores them (see tests/sb_
 Every value not set here is the node's default, so the files follow the nodes' schemas: ComfyUI's core nodes from
 tests/data/comfyui/object_info.json (regenerate_object_info.py there refreshes it), the pack's from its code.
 Model loaders carry the frontend's ``properties.models`` entries (name, url, directory, from
-models/model_registry.py), so a user missing a model sees which file goes where and where to get it.
+models/model_files/model_registry.py), so a user missing a model sees which file goes where and where to get it.
 """
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def model_entries(node_type: str, widget_values: dict) -> list[dict]:
         return []
     rows = model_registry.lookup(widget_values[widget])
     if len(rows) != 1 or rows[0].filename != widget_values[widget]:
-        raise KeyError(f"{node_type}: {widget_values[widget]!r} is not one file of models/model_registry.py")
+        raise KeyError(f"{node_type}: {widget_values[widget]!r} is not one file of models/model_files/model_registry.py")
     return [{"name": rows[0].filename, "url": rows[0].urls[0], "directory": rows[0].folder}]
 
 

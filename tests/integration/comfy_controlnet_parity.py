@@ -26,8 +26,8 @@ def sd2_key_check(write: bool) -> dict:
     import comfy.ops
     from diffusers import ControlNetModel
 
-    from salient_background.models.comfy_keys import convert_diffusers_to_comfy
-    from salient_background.models.controlnet_checkpoint import SD2_SALIENT_CONTROLNET_CONFIG
+    from salient_background.models.networks.comfy_keys import convert_diffusers_to_comfy
+    from salient_background.models.networks.controlnet_checkpoint import SD2_SALIENT_CONTROLNET_CONFIG
     from sb_testkit import controlnet_parity as cp
 
     cfg = {k: v for k, v in SD2_SALIENT_CONTROLNET_CONFIG.items() if not k.startswith("_")}

@@ -91,7 +91,7 @@ def main() -> None:
     import conftest  # noqa: F401  (registers the pack as salient_background)
     from diffusers import ControlNetModel
 
-    from salient_background.models.controlnet_checkpoint import SD2_SALIENT_CONTROLNET_CONFIG
+    from salient_background.models.networks.controlnet_checkpoint import SD2_SALIENT_CONTROLNET_CONFIG
     from sb_testkit.diffusers_models import randomize_all_tensors
 
     cfg = {k: v for k, v in SD2_SALIENT_CONTROLNET_CONFIG.items() if not k.startswith("_")}

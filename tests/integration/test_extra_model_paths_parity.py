@@ -1,4 +1,4 @@
-"""Our reading of extra_model_paths.yaml (models/model_paths.py, used by the download command) gives the same
+"""Our reading of extra_model_paths.yaml (models/model_files/model_paths.py, used by the download command) gives the same
 folders, in the same order, as ComfyUI's own loader (utils/extra_config.py + folder_paths)."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 
-from salient_background.models import model_paths
+from salient_background.models.model_files import model_paths
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "").strip()
 COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON", "").strip() or sys.executable

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from salient_background.models.checkpoint_io import WEIGHT_SUFFIXES
+from salient_background.models.networks.checkpoint_io import WEIGHT_SUFFIXES
 from salient_background.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 # model folders the pack registers itself (ComfyUI's own, such as controlnet, already filter extensions)

@@ -100,7 +100,7 @@ def random_inspyrenet_state_dict(seed: int = 0, base_size: int = 384, *, calibra
     ``base_size`` must be the size the checkpoint will be run at (the SICA pooling grid changes the scale
     of its context vectors, so BatchNorm statistics calibrated at 384 do not fit 1024).
     """
-    from salient_background.models.inspyrenet import InSPyReNet
+    from salient_background.models.networks.inspyrenet import InSPyReNet
 
     torch.manual_seed(seed)  # construction-time init is overwritten, but keep it reproducible
     net = InSPyReNet(base_size=base_size)
@@ -142,7 +142,7 @@ def non_inspyrenet_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
 def res2net_variant_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The research repository's Res2Net50 InSPyReNet layout, imitated: a ``backbone.conv1/layerN`` backbone
     and context modules whose input widths are 64/256/512/1024/2048 (shape mismatches, not just names)."""
-    from salient_background.models.inspyrenet.modules import ContextModule
+    from salient_background.models.networks.inspyrenet.modules import ContextModule
 
     out = {k: v for k, v in state.items() if not k.startswith(("backbone.", "context"))}
     out["backbone.conv1.0.weight"] = torch.zeros(32, 3, 3, 3)

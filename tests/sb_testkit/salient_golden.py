@@ -44,8 +44,8 @@ def summarise(full_map: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def our_map(state: dict, mode: str, image: np.ndarray) -> tuple[np.ndarray, float]:
-    from salient_background.models.salient import SalientSegmenter
-    from salient_background.models.inspyrenet import InSPyReNet
+    from salient_background.models.networks.salient import SalientSegmenter
+    from salient_background.models.networks.inspyrenet import InSPyReNet
 
     net = InSPyReNet(base_size=BASE_SIZES[mode])
     net.load_state_dict(state, strict=True)

@@ -19,7 +19,7 @@ TINY = dict(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), window
 
 
 def _architecture(variant: str):
-    from salient_background.models.sam import SamArchitecture, official_architecture
+    from salient_background.models.networks.sam import SamArchitecture, official_architecture
 
     if variant == "tiny":
         return SamArchitecture(**TINY)
@@ -36,7 +36,7 @@ def official_state_shapes(variant: str) -> dict[str, torch.Tensor]:
 
 
 def random_sam(variant: str = "tiny", seed: int = 0) -> torch.nn.Module:
-    from salient_background.models.sam import build_sam
+    from salient_background.models.networks.sam import build_sam
 
     torch.manual_seed(seed)
     model = build_sam(_architecture(variant))

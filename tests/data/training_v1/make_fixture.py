@@ -116,7 +116,7 @@ def run(config) -> object:
 
 def caption_table_digest(root: str) -> str:
     """Digest of the caption-embedding table the trainer builds for this dataset (fp32, CPU)."""
-    from salient_background.models.pipeline import load_si2_components
+    from salient_background.models.generation.pipeline import load_si2_components
     from salient_background.training.data import read_manifest
     from salient_background.training.train import TextEmbeddingCache
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from .errors import UserFacingError
+from ..errors import UserFacingError
 from .model_registry import FOLDER_DEFAULT_SUBDIRS
 
 PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

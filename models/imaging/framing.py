@@ -30,7 +30,7 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
+from ..errors import InputError
 
 Size = Union[int, tuple[int, int]]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from . import mask_ops
-from .errors import InputError
+from ..errors import InputError
 
 
 def paste_alpha(object_mask: torch.Tensor, erode: int = 2, feather: int = 4) -> torch.Tensor:

@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from ..image_ops import as_rgb_images, match_mask_to_images
+from ...imaging.image_ops import as_rgb_images, match_mask_to_images
 from .loading import (  # noqa: F401
     OFFICIAL_VARIANTS,
     WHERE_TO_GET,

@@ -37,11 +37,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .checkpoint_io import describe_keys, load_state_dict, unwrap_state_dict
-from .errors import CheckpointError, InputError
-from .image_ops import as_rgb_images
+from ..errors import CheckpointError, InputError
+from ..imaging.image_ops import as_rgb_images
 from .inspyrenet import InSPyReNet
-from .model_registry import where_to_get
-from .precision import default_device, resolve_dtype
+from ..model_files.model_registry import where_to_get
+from ..precision import default_device, resolve_dtype
 
 log = logging.getLogger("salient_background")
 

@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 RESNET_TO_COMFY = {
     "norm1": "in_layers.0",

@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-from .errors import UserFacingError
+from ..errors import UserFacingError
 from .model_paths import ModelLocations, installed_in, installed_path
 from .model_registry import ModelFile, human_size, lookup, manual_alternative, where_to_get
 
@@ -436,7 +436,7 @@ def model_file_path(
     downloaded only when ``download`` is true; otherwise a :class:`CheckpointError` says which file, where it
     looked and the exact download command. Present files are not re-hashed here (the download command does that).
     """
-    from .errors import CheckpointError
+    from ..errors import CheckpointError
     from .model_paths import discover
 
     entries = lookup(key)

@@ -6,7 +6,7 @@ from typing import Mapping
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")

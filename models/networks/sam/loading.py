@@ -18,8 +18,8 @@ from typing import Mapping
 import torch
 
 from ..checkpoint_io import describe_keys, load_state_dict, unwrap_state_dict
-from ..errors import CheckpointError
-from ..model_registry import where_to_get
+from ...errors import CheckpointError
+from ...model_files.model_registry import where_to_get
 
 # the model registry is the one source of "where to get this file" (ViT-L and ViT-H: `download --list`)
 WHERE_TO_GET = where_to_get("sam")

@@ -438,7 +438,7 @@ GROUPS: dict[str, tuple[str, ...]] = {}
 for _m in MODEL_FILES:
     GROUPS.setdefault(_m.group, ())
     GROUPS[_m.group] += (_m.key,)
-# the diffusers folder's config and tokenizer files, without its weights (see models/pipeline.py SI2_CONFIG_FILES)
+# the diffusers folder's config and tokenizer files, without its weights (see models/generation/pipeline.py SI2_CONFIG_FILES)
 SI2_CONFIG_KEYS: tuple[str, ...] = tuple(
     k for k in GROUPS["si2_diffusers"] if not BY_KEY[k].filename.endswith(".safetensors")
 )
@@ -494,7 +494,7 @@ def select(names) -> list[ModelFile]:
         else:
             wanted.update(keys)
     if unknown:
-        from .errors import InputError
+        from ..errors import InputError
 
         raise InputError(
             f"unknown model name(s): {', '.join(unknown)}. Choose from: {', '.join(selection_names())}"

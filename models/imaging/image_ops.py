@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import InputError
+from ..errors import InputError
 
 log = logging.getLogger("salient_background")
 

@@ -5,10 +5,10 @@ SAM protocol (``score_expansion``), per generated image:
 1. ``m_i``: the input object mask, resized to the generated image's size if needed (see *sizes* below) and
    binarised at 0.5 (``>= 0.5`` is object).
 2. Prompts from ``m_i``: ``points`` positive points (default 8) spread over it by interior distance, seeded
-   (``models/sam/prompts.py``); no negative points and no box by default, because both tell SAM where the object
+   (``models/networks/sam/prompts.py``); no negative points and no box by default, because both tell SAM where the object
    *ends* and would hide the very growth being measured.
 3. ``m_o``: SAM's mask of the object in the *generated* image (one image embedding per image, any number of prompt
-   sets reuse it), output chosen by ``mask_choice`` (default ``auto``, see ``models/sam/session.py``).
+   sets reuse it), output chosen by ``mask_choice`` (default ``auto``, see ``models/networks/sam/session.py``).
 4. ``E = area(m_o ∪ m_i) − area(m_i)`` = the pixels SAM calls object outside ``m_i``, reported in pixels, as a
    fraction of the image (``E / (H W)``) and relative to the object (``E / area(m_i)``). Also reported: ``lost`` =
    ``area(m_i \\ m_o)`` (object pixels SAM did not recover; not part of E) and the IoU of the two masks.
@@ -36,8 +36,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .errors import InputError
-from .image_ops import as_mask_batch, as_rgb_images, resize_masks
+from ..errors import InputError
+from ..imaging.image_ops import as_mask_batch, as_rgb_images, resize_masks
 
 log = logging.getLogger("salient_background")
 
@@ -140,7 +140,7 @@ def score_expansion(
     Prompts are computed once per distinct mask and image size (4 seeds of one mask share them); the image
     embedding once per image. ``prompt_cache`` (a dict the caller keeps) extends the sharing across calls that
     pass the same masks."""
-    from .sam import SamImageSession, prompts_from_mask
+    from ..networks.sam import SamImageSession, prompts_from_mask
 
     if points < 1:
         raise ValueError("points must be at least 1: the score is defined by SAM prompted with points inside m_i")

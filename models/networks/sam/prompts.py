@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..mask_ops import label_components
+from ...imaging.mask_ops import label_components
 
 SQRT2 = math.sqrt(2.0)
 MIN_COMPONENT_FRACTION = 0.01

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..image_ops import image_to_uint8
+from ...imaging.image_ops import image_to_uint8
 from .prompts import PromptSet
 
 MASK_CHOICES = ("auto", "best_score", "largest", "single")

@@ -1,0 +1,1 @@
+"""Background generation: the inpainting model inputs, prompt encoding and the diffusers pipeline."""

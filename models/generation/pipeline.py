@@ -1,0 +1,630 @@
+"""Standalone diffusers pipeline: Stable Diffusion 2 inpainting ("SI2") + the salient-aware ControlNet.
+
+The stock diffusers ControlNet-inpaint pipeline feeds the ControlNet only the 4 noisy latent channels and therefore
+fails on this checkpoint. Here, as in the reference (yahoo/photo-background-generation,
+``pipeline_controlnet_inpaint.py``), the ControlNet receives **the same 9-channel tensor the UNet receives** (noisy
+latents, repaint mask, masked-image latents) and the hint is the soft inverted object mask. The per-step
+tensors come from :func:`models.inpaint_inputs.build_inpaint_inputs`, the one place the ComfyUI node uses too.
+
+Reference defaults: UniPC, 20 steps, CFG 7.5, ControlNet scale **1.0** (the reference pipeline's own default of 0.5
+is wrong for this model), nothing pasted back (the object passes through the VAE). ``controlnet_conditioning_scale=0``
+(or no ControlNet at all) is the SI2 baseline; the ControlNet is then not run (adding zero residuals is exact).
+
+Random numbers are drawn as the reference draws them -- the initial noise first, then the VAE posterior sample of the
+masked image, from the same generator(s) -- so the same seed gives the same image as the reference pipeline
+(tests/golden/pipeline_parity.npz pins that, measured max difference in the test module's docstring).
+
+Loading is offline only (``local_files_only=True``; nothing here touches the network): :func:`load_pipeline` takes the
+Hugging Face ``yahoo-inc/photo-background-generation`` folder, or SI2 -- a diffusers folder, or the original-layout
+single file ComfyUI loads (``512-inpainting-ema.safetensors``) plus the small config folder -- and a ControlNet in any
+form that :func:`models.controlnet_checkpoint.build_diffusers_controlnet` reads.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, InputError
+from .inpaint_inputs import build_inpaint_inputs, latent_mask
+from .text_encoding import fix_token_length
+
+log = logging.getLogger("salient_background")
+
+DEFAULT_STEPS = 20
+DEFAULT_GUIDANCE = 7.5
+DEFAULT_CONTROLNET_SCALE = 1.0
+DEFAULT_SCHEDULER = "unipc"
+SI2_NAME = "Stable Diffusion 2 inpainting (stabilityai/stable-diffusion-2-inpainting, 512-inpainting-ema)"
+SCHEDULERS = {
+    "unipc": "UniPCMultistepScheduler",
+    "ddim": "DDIMScheduler",
+    "pndm": "PNDMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+}
+SI2_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+ImageInput = Union[torch.Tensor, np.ndarray, "PIL.Image.Image", Sequence["PIL.Image.Image"]]
+
+
+@dataclass
+class SalientBackgroundOutput:
+    """``images``: the generated pictures (numpy [B,H,W,3] float in [0,1], a torch tensor in the same layout, or PIL
+    images, after ``output_type``); ``repaint_mask``: [B,H,W] {0,1}, 1 where the background was generated."""
+
+    images: object
+    repaint_mask: torch.Tensor
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# input coercion
+# ---------------------------------------------------------------------------------------------------------------
+def _is_pil(x) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(x, Image.Image)
+
+
+def as_image_batch(image: ImageInput) -> torch.Tensor:
+    """PIL image(s), numpy ([H,W,C] / [B,H,W,C], uint8 or float in [0,1]) or a torch IMAGE -> float32 [B,H,W,3]."""
+    from ..imaging.image_ops import as_rgb_images
+
+    if _is_pil(image):
+        image = [image]
+    if isinstance(image, (list, tuple)):
+        if not image:
+            raise InputError("no images given")
+        if all(_is_pil(im) for im in image):
+            sizes = {im.size for im in image}
+            if len(sizes) > 1:
+                raise InputError(f"images in one batch must have the same size, got {sorted(sizes)} (WxH); frame them first")
+            arrays = [np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in image]
+            return torch.from_numpy(np.stack(arrays))
+        image = torch.stack([as_image_batch(im)[0] for im in image])
+    if isinstance(image, np.ndarray):
+        scale = 255.0 if image.dtype == np.uint8 else 1.0
+        image = torch.from_numpy(np.ascontiguousarray(image).astype(np.float32) / scale)
+    return as_rgb_images(image, what="image")
+
+
+def as_mask_batch(mask) -> torch.Tensor:
+    """PIL L image(s), numpy ([H,W] / [B,H,W], uint8 or float) or a torch MASK -> float32 [B,H,W] in [0,1]."""
+    from ..imaging.image_ops import as_mask_batch as _as_mask
+
+    if _is_pil(mask):
+        mask = [mask]
+    if isinstance(mask, (list, tuple)):
+        if not mask:
+            raise InputError("no masks given")
+        if all(_is_pil(m) for m in mask):
+            return torch.from_numpy(np.stack([np.asarray(m.convert("L"), dtype=np.float32) / 255.0 for m in mask]))
+        mask = torch.stack([as_mask_batch(m)[0] for m in mask])
+    if isinstance(mask, np.ndarray):
+        scale = 255.0 if mask.dtype == np.uint8 else 1.0
+        mask = torch.from_numpy(np.ascontiguousarray(mask).astype(np.float32) / scale)
+    return _as_mask(mask, what="object_mask")
+
+
+def _as_list(value, n: int, what: str) -> list:
+    if value is None or isinstance(value, str):
+        return [value] * n
+    value = list(value)
+    if len(value) == 1:
+        return value * n
+    if len(value) != n:
+        raise InputError(f"got {len(value)} {what}s for a batch of {n}; give one, or one per image")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the pipeline
+# ---------------------------------------------------------------------------------------------------------------
+def _diffusion_pipeline_base():
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline
+
+
+class SalientBackgroundPipeline(_diffusion_pipeline_base()):
+    """SI2 + salient ControlNet (``controlnet`` may be None: the SI2 baseline).
+
+    Call it with framed photos (height and width multiples of 8; see :mod:`models.framing`), their ``object_mask``
+    (1 = object) and prompts. See the module docstring for what the networks receive.
+    """
+
+    model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
+    _optional_components = ["controlnet"]
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, controlnet=None):
+        super().__init__()
+        self.register_modules(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, controlnet=controlnet
+        )
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        check_components(unet, controlnet)
+
+    # -- text ------------------------------------------------------------------------------------------------
+    def _embed(self, texts: list[str], max_length: int, device) -> torch.Tensor:
+        from .text_encoding import encode_texts
+
+        return encode_texts(self.tokenizer, self.text_encoder, texts, device, max_length)
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str], negative_prompts: list[str], device, do_cfg: bool) -> torch.Tensor:
+        """[B,77,D] text embeddings, with the negative ones first when ``do_cfg`` ([2B,77,D]), as the reference."""
+        from .text_encoding import token_length
+
+        embeds = self._embed(prompts, token_length(self.tokenizer), device)
+        embeds = embeds.to(dtype=self.text_encoder.dtype, device=device)
+        if not do_cfg:
+            return embeds
+        negative = self._embed([n or "" for n in negative_prompts], embeds.shape[1], device)
+        return torch.cat([negative.to(dtype=embeds.dtype, device=device), embeds])
+
+    # -- latents ---------------------------------------------------------------------------------------------
+    def _encode_vae(self, pixels: torch.Tensor, generator) -> torch.Tensor:
+        """VAE posterior *sample* times the scaling factor (the reference samples, with the same generator(s))."""
+        if isinstance(generator, list):
+            latents = [
+                self.vae.encode(pixels[i : i + 1]).latent_dist.sample(generator=generator[i]) for i in range(pixels.shape[0])
+            ]
+            latents = torch.cat(latents)
+        else:
+            latents = self.vae.encode(pixels).latent_dist.sample(generator=generator)
+        return self.vae.config.scaling_factor * latents
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: ImageInput,
+        object_mask,
+        prompt: Union[str, Sequence[str]] = "",
+        negative_prompt: Union[str, Sequence[str], None] = None,
+        *,
+        num_inference_steps: int = DEFAULT_STEPS,
+        guidance_scale: float = DEFAULT_GUIDANCE,
+        controlnet_conditioning_scale: float = DEFAULT_CONTROLNET_SCALE,
+        control_guidance_start: float = 0.0,
+        control_guidance_end: float = 1.0,
+        num_images_per_prompt: int = 1,
+        generator: Union[torch.Generator, list, None] = None,
+        latents: Optional[torch.Tensor] = None,
+        output_type: str = "np",
+        callback: Optional[Callable[[int, int], None]] = None,
+        show_progress: bool = True,
+    ) -> SalientBackgroundOutput:
+        """Generate backgrounds.
+
+        ``image``: framed photo(s) -- PIL, numpy or a torch IMAGE [B,H,W,C] in [0,1]. ``object_mask``: 1 = object,
+        soft or binary, same size; one mask is broadcast over the batch (and one image over several masks).
+        ``prompt`` / ``negative_prompt``: one for all, or one per image. ``generator``: one, or a list with one per
+        output (``B * num_images_per_prompt``; each output is then reproducible on its own). ``callback(step,
+        total)`` runs after every step (raise from it to stop). ``output_type``: "np", "pt", "pil" or "latent".
+        """
+        _check_call_settings(num_inference_steps, num_images_per_prompt, control_guidance_start, control_guidance_end)
+        batch = self._prepare_batch(image, object_mask, prompt, negative_prompt, num_images_per_prompt, generator)
+        do_cfg = guidance_scale > 1.0
+        device, dtype = self._execution_device, self.unet.dtype
+
+        # text (per output: each prompt repeated n times, as the reference's repeat + view)
+        embeds = self.encode_prompt(batch.prompts, batch.negatives, device, do_cfg)
+        embeds = embeds.repeat_interleave(num_images_per_prompt, dim=0).to(dtype)
+        latents, conditioning = self._prepare_latents(batch, num_inference_steps, generator, latents, do_cfg)
+        latents = self._denoise(
+            latents, conditioning, embeds, guidance_scale=guidance_scale, do_cfg=do_cfg,
+            controlnet_scale=controlnet_conditioning_scale, control_window=(control_guidance_start, control_guidance_end),
+            callback=callback, show_progress=show_progress,
+        )
+        return self._finish(latents, batch.repaint[:, 0].cpu(), output_type)
+
+    # -- the steps of __call__ -----------------------------------------------------------------------------------
+    def _prepare_batch(self, image, object_mask, prompt, negative_prompt, n: int, generator) -> "_Batch":
+        """Inputs coerced and checked; the per-step tensors (models.inpaint_inputs) repeated per output."""
+        device, dtype = self._execution_device, self.unet.dtype
+        inputs = build_inpaint_inputs(as_image_batch(image), as_mask_batch(object_mask), layout="BHWC")
+        b = inputs.hint.shape[0]
+        height, width = inputs.hint.shape[-2:]
+        if height % self.vae_scale_factor or width % self.vae_scale_factor:
+            raise InputError(
+                f"image size {height}x{width} (HxW) is not a multiple of {self.vae_scale_factor}; frame it first "
+                "(e.g. the 512x512 letterbox of models.framing.fit_transform)"
+            )
+        prompts = _as_list(prompt, b, "prompt")
+        negatives = _as_list(negative_prompt, b, "negative prompt")
+        if isinstance(generator, list) and len(generator) != b * n:
+            raise InputError(f"got {len(generator)} generators for {b * n} outputs ({b} images x {n} per prompt)")
+        return _Batch(
+            prompts=prompts, negatives=negatives, total=b * n, height=height, width=width,
+            hint=inputs.hint.repeat_interleave(n, dim=0).to(device=device, dtype=dtype),
+            repaint=inputs.repaint_mask.repeat_interleave(n, dim=0),
+            masked_image=inputs.masked_image.repeat_interleave(n, dim=0).to(device=device, dtype=dtype),
+        )
+
+    def _prepare_latents(self, batch: "_Batch", steps: int, generator, latents, do_cfg: bool):
+        """(initial latents, conditioning dict). The initial noise is drawn FIRST, then the masked-image posterior
+        sample: the reference's order of random draws."""
+        device, dtype = self._execution_device, self.unet.dtype
+        self.scheduler.set_timesteps(steps, device=device)
+        factor = self.vae_scale_factor
+        shape = (batch.total, self.vae.config.latent_channels, batch.height // factor, batch.width // factor)
+        if latents is None:
+            from diffusers.utils.torch_utils import randn_tensor
+
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != shape:
+            raise InputError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+
+        mask_latent = latent_mask(batch.repaint, shape[2], shape[3]).to(device=device, dtype=dtype)
+        masked_latents = self._encode_vae(batch.masked_image, generator).to(dtype)
+        hint = batch.hint
+        if do_cfg:
+            mask_latent, masked_latents, hint = (torch.cat([t] * 2) for t in (mask_latent, masked_latents, hint))
+        return latents, {"mask_latent": mask_latent, "masked_latents": masked_latents, "hint": hint}
+
+    def _denoise(self, latents, conditioning: dict, embeds, *, guidance_scale: float, do_cfg: bool,
+                 controlnet_scale: float, control_window: tuple, callback, show_progress: bool):
+        """The denoising loop over the scheduler's timesteps; returns the final latents."""
+        timesteps = self.scheduler.timesteps
+        steps = len(timesteps)
+        use_controlnet = self.controlnet is not None and controlnet_scale != 0.0
+        progress = self.progress_bar(total=steps) if show_progress else None
+        try:
+            for i, t in enumerate(timesteps):
+                model_in = torch.cat([latents] * 2) if do_cfg else latents
+                model_in = self.scheduler.scale_model_input(model_in, t)
+                model_in = torch.cat([model_in, conditioning["mask_latent"], conditioning["masked_latents"]], dim=1)
+                start, end = control_window
+                in_window = not (i / steps < start or (i + 1) / steps > end)
+                down = mid = None
+                if use_controlnet and in_window:
+                    down, mid = self.controlnet(
+                        model_in,  # the SAME 9-channel tensor as the UNet (the reference's one change)
+                        t, encoder_hidden_states=embeds, controlnet_cond=conditioning["hint"],
+                        conditioning_scale=float(controlnet_scale), guess_mode=False, return_dict=False,
+                    )
+                noise = self.unet(
+                    model_in, t, encoder_hidden_states=embeds, down_block_additional_residuals=down,
+                    mid_block_additional_residual=mid, return_dict=False,
+                )[0]
+                if do_cfg:
+                    uncond, cond = noise.chunk(2)
+                    noise = uncond + guidance_scale * (cond - uncond)
+                latents = self.scheduler.step(noise, t, latents, return_dict=False)[0]
+                if progress is not None:
+                    progress.update()
+                if callback is not None:
+                    callback(i + 1, steps)
+        finally:
+            if progress is not None:
+                progress.close()
+        return latents
+
+    def _finish(self, latents, repaint_out: torch.Tensor, output_type: str) -> SalientBackgroundOutput:
+        """Decode the latents into ``output_type`` ("latent" returns them as they are)."""
+        if output_type == "latent":
+            return SalientBackgroundOutput(latents, repaint_out)
+        decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+        images = (decoded * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu()
+        if output_type == "pt":
+            return SalientBackgroundOutput(images, repaint_out)
+        images = images.numpy()
+        if output_type == "pil":
+            from PIL import Image
+
+            images = [Image.fromarray((im * 255).round().astype(np.uint8)) for im in images]
+        elif output_type != "np":
+            raise InputError(f"output_type must be 'np', 'pt', 'pil' or 'latent', got {output_type!r}")
+        return SalientBackgroundOutput(images, repaint_out)
+
+
+@dataclass
+class _Batch:
+    """One call's inputs, ready for the networks: ``total`` outputs (images x images per prompt)."""
+
+    prompts: list
+    negatives: list
+    total: int
+    height: int
+    width: int
+    hint: torch.Tensor
+    repaint: torch.Tensor
+    masked_image: torch.Tensor
+
+
+def _check_call_settings(steps: int, per_prompt: int, control_start: float, control_end: float) -> None:
+    if steps < 1:
+        raise InputError(f"num_inference_steps must be >= 1, got {steps}")
+    if per_prompt < 1:
+        raise InputError(f"num_images_per_prompt must be >= 1, got {per_prompt}")
+    if not 0.0 <= control_start < control_end <= 1.0:
+        raise InputError(
+            f"need 0 <= control_guidance_start < control_guidance_end <= 1, got {control_start}, {control_end}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checks and loading
+# ---------------------------------------------------------------------------------------------------------------
+def check_components(unet, controlnet=None) -> None:
+    """Fail with a fixing message when the UNet is not a 9-channel inpainting UNet or the ControlNet does not fit it."""
+    in_ch = unet.config.in_channels
+    if in_ch != 9:
+        raise CheckpointError(
+            f"the UNet has {in_ch} input channels; this pipeline needs a 9-channel inpainting UNet "
+            f"(4 noisy + 1 mask + 4 masked-image latents). Use {SI2_NAME}."
+        )
+    if controlnet is None:
+        return
+    cn_in = controlnet.config.in_channels
+    if cn_in != 9:
+        raise CheckpointError(
+            f"the ControlNet takes {cn_in} input channels; the salient-aware ControlNet takes the UNet's 9-channel input. "
+            "Use the released yahoo-inc/photo-background-generation ControlNet (or one trained with this pack)."
+        )
+    u_ctx, c_ctx = unet.config.cross_attention_dim, controlnet.config.cross_attention_dim
+    if u_ctx != c_ctx:
+        raise CheckpointError(
+            f"the ControlNet's cross-attention width is {c_ctx} but the UNet's is {u_ctx}: they are not for the same base "
+            f"model. The salient ControlNet belongs to {SI2_NAME} (width 1024)."
+        )
+    if tuple(unet.config.block_out_channels) != tuple(controlnet.config.block_out_channels):
+        raise CheckpointError(
+            f"the ControlNet's block widths {tuple(controlnet.config.block_out_channels)} differ from the UNet's "
+            f"{tuple(unet.config.block_out_channels)}: they are not for the same base model ({SI2_NAME})."
+        )
+
+
+def make_scheduler(name: str, config: dict):
+    """A scheduler of kind ``name`` (see :data:`SCHEDULERS`) from an SD scheduler config (``from_config``)."""
+    import diffusers
+
+    key = name.lower()
+    if key not in SCHEDULERS:
+        raise InputError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    return getattr(diffusers, SCHEDULERS[key]).from_config(config)
+
+
+def _require_folder(root: str, sub: str, what: str) -> str:
+    path = os.path.join(root, sub)
+    if not os.path.isdir(path):
+        raise CheckpointError(
+            f"{what} {root!r} has no '{sub}/' folder. Expected a diffusers pipeline folder with "
+            f"{', '.join(s + '/' for s in SI2_SUBFOLDERS)} (e.g. a local copy of stabilityai/stable-diffusion-2-inpainting "
+            "or yahoo-inc/photo-background-generation)."
+        )
+    return path
+
+
+# -- the single-file checkpoint (what ComfyUI's Load Checkpoint reads) -----------------------------------------
+SI2_SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+# The small files of the diffusers folder that say how to build the networks the single file holds. They are the
+# registry's "sd2-configs" download (python -m salient_background download sd2-configs) and sit in
+# <models>/diffusers/stable-diffusion-2-inpainting/, next to ComfyUI's <models>/checkpoints/.
+SI2_CONFIG_DIRNAME = "stable-diffusion-2-inpainting"
+SI2_CONFIG_FILES = (
+    "unet/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer/vocab.json", "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json",
+)
+_LDM_UNET_INPUT = "model.diffusion_model.input_blocks.0.0.weight"
+
+
+def si2_config_candidates(checkpoint_path: str) -> list[str]:
+    """Where the config folder of a single-file checkpoint is looked for, in order: beside the file, then the
+    ComfyUI layout (<models>/checkpoints/FILE -> <models>/diffusers/stable-diffusion-2-inpainting)."""
+    folder = os.path.dirname(os.path.abspath(checkpoint_path))
+    return [os.path.join(folder, SI2_CONFIG_DIRNAME), os.path.join(os.path.dirname(folder), "diffusers", SI2_CONFIG_DIRNAME)]
+
+
+def _missing_config_files(folder: str) -> list[str]:
+    return [f for f in SI2_CONFIG_FILES if not os.path.isfile(os.path.join(folder, *f.split("/")))]
+
+
+def find_si2_config_dir(checkpoint_path: str, config_dir: Optional[str] = None) -> str:
+    """The folder holding :data:`SI2_CONFIG_FILES` for ``checkpoint_path`` (``config_dir`` when given), or a
+    :class:`CheckpointError` naming the download command. A full diffusers SD2-inpainting folder qualifies too."""
+    candidates = [os.fspath(config_dir)] if config_dir else si2_config_candidates(checkpoint_path)
+    partial = None
+    for folder in candidates:
+        if os.path.isdir(folder):
+            missing = _missing_config_files(folder)
+            if not missing:
+                return folder
+            partial = partial or (folder, missing)
+    models_dir = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint_path)))
+    command = f"python -m salient_background download sd2-configs --models-dir {models_dir}"
+    found = f"; {partial[0]!r} lacks {', '.join(partial[1])}" if partial else ""
+    raise CheckpointError(
+        f"the single-file checkpoint {checkpoint_path!r} needs the small config and tokenizer files of "
+        f"stabilityai/stable-diffusion-2-inpainting (~1.6 MB), looked for in {' and '.join(map(repr, candidates))}"
+        f"{found}. Get them with: {command}"
+    )
+
+
+def validate_si2_path(path: str, config_dir: Optional[str] = None) -> str:
+    """Cheap check (no weights read) of an SD2-inpainting model path: a diffusers folder, or a single-file
+    checkpoint (``.safetensors`` / ``.ckpt``) whose config folder is found. Returns "folder" or "single_file";
+    raises a :class:`CheckpointError` that says what to fix."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        for sub in SI2_SUBFOLDERS:
+            _require_folder(path, sub, "the SD2-inpainting folder")
+        return "folder"
+    if os.path.isfile(path):
+        if not path.lower().endswith(SI2_SINGLE_FILE_SUFFIXES):
+            raise CheckpointError(
+                f"{path!r} is not an SD2-inpainting checkpoint: give 512-inpainting-ema.safetensors (or .ckpt), or "
+                "the diffusers folder of stabilityai/stable-diffusion-2-inpainting"
+            )
+        find_si2_config_dir(path, config_dir)
+        return "single_file"
+    raise CheckpointError(
+        f"SD2-inpainting model not found: {path!r}. Give the single-file checkpoint 512-inpainting-ema.safetensors "
+        "(the one in ComfyUI's models/checkpoints) or the local diffusers folder of "
+        "stabilityai/stable-diffusion-2-inpainting (or of yahoo-inc/photo-background-generation), downloaded beforehand."
+    )
+
+
+def _read_single_file(path: str) -> dict:
+    from diffusers.loaders.single_file_utils import load_single_file_checkpoint
+
+    try:
+        checkpoint = load_single_file_checkpoint(path, local_files_only=True)
+    except Exception as exc:  # a truncated or foreign file: safetensors, pickle and torch raise many kinds
+        raise CheckpointError(f"could not read the checkpoint {path!r}: {type(exc).__name__}: {exc}") from exc
+    first = checkpoint.get(_LDM_UNET_INPUT)
+    if first is None or "cond_stage_model.model.token_embedding.weight" not in checkpoint:
+        raise CheckpointError(
+            f"{path!r} is not a Stable Diffusion 2 checkpoint in the original layout (no model.diffusion_model.* UNet "
+            f"or cond_stage_model.model.* OpenCLIP text encoder). Use {SI2_NAME}."
+        )
+    if first.shape[1] != 9:
+        raise CheckpointError(
+            f"the UNet in {path!r} has {first.shape[1]} input channels; this pipeline needs a 9-channel inpainting "
+            f"UNet. Use {SI2_NAME}."
+        )
+    return checkpoint
+
+
+def _load_si2_single_file(path: str, config_dir: str, dtype: torch.dtype):
+    """(vae, text_encoder, tokenizer, unet) from an original-layout single file, converted by diffusers with the
+    configs of ``config_dir``; every call is local_files_only, so nothing reaches the network."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    checkpoint = _read_single_file(path)
+    offline = dict(config=config_dir, torch_dtype=dtype, local_files_only=True)
+    try:
+        unet = UNet2DConditionModel.from_single_file(checkpoint, subfolder="unet", **offline)
+        vae = AutoencoderKL.from_single_file(checkpoint, subfolder="vae", **offline)
+        text_encoder = create_diffusers_clip_model_from_ldm(CLIPTextModel, checkpoint, subfolder="text_encoder", **offline)
+        tokenizer = CLIPTokenizer.from_pretrained(os.path.join(config_dir, "tokenizer"), local_files_only=True)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise CheckpointError(
+            f"could not load the single-file checkpoint {path!r} with the configs in {config_dir!r}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    return vae, text_encoder, tokenizer, unet
+
+
+def _load_si2_folder(path: str, dtype: torch.dtype):
+    """(vae, text_encoder, tokenizer, unet) from a diffusers SD2-inpainting folder, offline."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    try:
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, local_files_only=True)
+        text_encoder = CLIPTextModel.from_pretrained(
+            os.path.join(path, "text_encoder"), dtype=dtype, local_files_only=True
+        )
+        tokenizer = CLIPTokenizer.from_pretrained(os.path.join(path, "tokenizer"), local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"could not load the SD2-inpainting folder {path!r}: {type(exc).__name__}: {exc}") from exc
+    return vae, text_encoder, tokenizer, unet
+
+
+def load_si2_components(
+    path: str, *, dtype: torch.dtype = torch.float32, scheduler: str = DEFAULT_SCHEDULER, config_dir: Optional[str] = None
+):
+    """(vae, text_encoder, tokenizer, unet, scheduler) from a local diffusers SD2-inpainting folder or the
+    original-layout single file (``512-inpainting-ema.safetensors`` / ``.ckpt``, fp32 or fp16; loaded in ``dtype``)
+    plus its config folder (``config_dir``, else found by :func:`find_si2_config_dir`). Offline."""
+    path = os.fspath(path)
+    if validate_si2_path(path, config_dir) == "single_file":
+        config_dir = find_si2_config_dir(path, config_dir)
+        vae, text_encoder, tokenizer, unet = _load_si2_single_file(path, config_dir, dtype)
+    else:
+        config_dir = path
+        vae, text_encoder, tokenizer, unet = _load_si2_folder(path, dtype)
+    fix_token_length(tokenizer)
+    with open(os.path.join(config_dir, "scheduler", "scheduler_config.json")) as fh:
+        sched = make_scheduler(scheduler, json.load(fh))
+    return vae.eval(), text_encoder.eval(), tokenizer, unet.eval(), sched
+
+
+# ControlNet settings that ``from_unet`` copies from the UNet and that weights cannot reveal
+_UNET_SETTINGS_NOT_IN_WEIGHTS = (
+    "attention_head_dim", "num_attention_heads", "norm_num_groups", "norm_eps", "flip_sin_to_cos", "freq_shift",
+    "act_fn", "upcast_attention", "resnet_time_scale_shift", "only_cross_attention", "mid_block_scale_factor",
+    "downsample_padding", "class_embed_type", "num_class_embeds", "projection_class_embeddings_input_dim",
+)
+
+
+def load_controlnet(path: str, *, dtype: torch.dtype = torch.float32, unet=None):
+    """The salient ControlNet from any released form (folder, single file, .pth) as a diffusers ``ControlNetModel``.
+
+    ``unet``: the UNet it will steer. Its cross-attention width is checked, and for a checkpoint without a config
+    (the released ``.pth``) its head counts and norm groups are used (the ControlNet is ``from_unet`` of it)."""
+    from ..networks.controlnet_checkpoint import build_diffusers_controlnet
+
+    width, settings = 1024, None
+    if unet is not None:
+        width = unet.config.cross_attention_dim
+        settings = {k: unet.config[k] for k in _UNET_SETTINGS_NOT_IN_WEIGHTS if k in unet.config}
+    model = build_diffusers_controlnet(os.fspath(path), cross_attention_dim=width, default_config=settings)
+    if dtype != torch.float32:
+        model.to(dtype=dtype)
+    return model.eval()
+
+
+def load_pipeline(
+    pipeline_path: Optional[str] = None,
+    *,
+    si2_path: Optional[str] = None,
+    controlnet_path: Optional[str] = None,
+    use_controlnet: bool = True,
+    device: Union[str, torch.device, None] = None,
+    dtype: torch.dtype = torch.float32,
+    scheduler: str = DEFAULT_SCHEDULER,
+    si2_config: Optional[str] = None,
+) -> SalientBackgroundPipeline:
+    """Build the pipeline from local files only.
+
+    * ``pipeline_path``: the ``yahoo-inc/photo-background-generation`` layout (SI2 subfolders + ``controlnet/``);
+      ``controlnet_path`` overrides its ``controlnet/``.
+    * or ``si2_path`` (an SD2-inpainting diffusers folder, or the single file ``512-inpainting-ema.safetensors``
+      that ComfyUI loads, with its config folder ``si2_config`` or one found beside it, see
+      :func:`find_si2_config_dir`) + ``controlnet_path`` (folder, ``.safetensors`` or ``.pth``).
+    * ``use_controlnet=False``: the SI2 baseline, no ControlNet loaded.
+    """
+    if pipeline_path and si2_path:
+        raise InputError("give either a pipeline folder or an SD2-inpainting folder, not both")
+    base = pipeline_path or si2_path
+    if not base:
+        raise InputError(
+            "no model given: pass the photo-background-generation pipeline folder, or an SD2-inpainting folder "
+            "together with a ControlNet checkpoint"
+        )
+    vae, text_encoder, tokenizer, unet, sched = load_si2_components(
+        base, dtype=dtype, scheduler=scheduler, config_dir=si2_config
+    )
+    controlnet = None
+    if use_controlnet:
+        cn_path = controlnet_path
+        if cn_path is None and pipeline_path:
+            cn_path = os.path.join(pipeline_path, "controlnet")
+            if not os.path.isdir(cn_path):
+                raise CheckpointError(
+                    f"{pipeline_path!r} has no 'controlnet/' folder: it is not the photo-background-generation layout. "
+                    "Pass the ControlNet checkpoint separately, or run the SI2 baseline (ControlNet scale 0)."
+                )
+        if cn_path is None:
+            raise InputError(
+                "no ControlNet given: pass the salient ControlNet checkpoint (folder, .safetensors or .pth), "
+                "or run the SI2 baseline (ControlNet scale 0)"
+            )
+        controlnet = load_controlnet(cn_path, dtype=dtype, unet=unet)
+    pipe = SalientBackgroundPipeline(vae, text_encoder, tokenizer, unet, sched, controlnet=controlnet)
+    if device is not None:
+        pipe.to(device)
+    return pipe

@@ -1,0 +1,1 @@
+"""Image, mask and framing operations on ComfyUI-layout tensors and PIL images."""

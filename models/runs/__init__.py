@@ -1,0 +1,1 @@
+"""Batch runs over folders of photos: stable, collision-free item ids."""

@@ -1,0 +1,1 @@
+"""The object-expansion score (SAM protocol) of the paper."""
