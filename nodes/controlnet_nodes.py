@@ -1,6 +1,6 @@
 """The salient-aware ControlNet in ComfyUI: loader, inpaint conditioning, framing for SD2, restore, paste back.
 
-How the ControlNet gets the inpainting input (DESIGN §3): SD2 inpainting's UNet receives 9 channels -- the 4 noisy
+How the ControlNet gets the inpainting input: SD2 inpainting's UNet receives 9 channels -- the 4 noisy
 latents plus ``c_concat`` (mask + masked-image latents) that ComfyUI's ``BaseModel`` appends. The stock ControlNet
 only passes the 4 noisy channels to its control model. Our loader converts the checkpoint to ComfyUI's key layout,
 loads it with ComfyUI's own ``load_controlnet_state_dict``, gives the control model a ``forward`` that accepts a

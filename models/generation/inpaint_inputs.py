@@ -1,7 +1,7 @@
 """The per-step inputs of SD2-inpainting + the salient-aware ControlNet, built in one place.
 
 Used by the ComfyUI conditioning node and by the standalone diffusers pipeline, so both feed the model the same
-tensors as the reference (yahoo/photo-background-generation, DESIGN §2).
+tensors as the reference (yahoo/photo-background-generation).
 
 Polarities and ranges (the mask given is ``object_mask``, 1 = object; it is inverted here, once):
 

@@ -2,7 +2,7 @@
 
 Pure string work (no ComfyUI, no diffusers import). ComfyUI's own diffusers-ControlNet loader only knows fixed
 templates and has none for a 9-input-channel SD2 ControlNet, so the nodes convert the keys here and hand ComfyUI a
-state dict in its own layout (which it then recognises from the weights, DESIGN §3).
+state dict in its own layout (which it then recognises from the weights: SD2, 9 input channels, 1024-wide context).
 
 Mapping (L = ``layers_per_block``, i = down block, j = layer in it):
 
