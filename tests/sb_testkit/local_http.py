@@ -70,23 +70,25 @@ class LocalFileServer:
                 cut = server.drop_after.pop(path, None)
                 if cut is not None:
                     sent = body[: max(0, cut - start)]
+                    with server._lock:  # counted before sending: the client may be done before this thread resumes
+                        server.bytes_sent += len(sent)
                     self.wfile.write(sent)
                     self.wfile.flush()
-                    with server._lock:
-                        server.bytes_sent += len(sent)
                     self.close_connection = True
                     try:
                         self.connection.shutdown(socket.SHUT_RDWR)
                     except OSError:
                         pass
                     return
+                with server._lock:  # counted before sending, as above
+                    server.bytes_sent += len(body)
                 try:
                     self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (e.g. refused the size)
+                    with server._lock:
+                        server.bytes_sent -= len(body)
                     self.close_connection = True
                     return
-                with server._lock:
-                    server.bytes_sent += len(body)
 
         class QuietServer(ThreadingHTTPServer):
             daemon_threads = True
