@@ -443,7 +443,7 @@ def test_where_to_get_a_file_comes_from_the_registry_only():
 
     hosts = {u.split("/")[2] for m in MODEL_FILES for u in m.urls}
     for path, text in _pack_sources().items():
-        if path.endswith(".py") and path != os.path.join("models", "model_registry.py"):
+        if path.endswith(".py") and path != os.path.join("models", "model_files", "model_registry.py"):
             assert not [h for h in hosts if h + "/" in text], f"{path} writes a model URL out by hand"
     assert model_registry.where_to_get("sam") in sam_loading.WHERE_TO_GET
     assert model_registry.where_to_get("controlnet") in controlnet_checkpoint.WHERE_TO_GET
