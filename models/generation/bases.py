@@ -60,3 +60,16 @@ def base_for_unet_config(config) -> InpaintingBase:
             return base
     raise InputError(f"no known inpainting base has a {width}-wide context"
                      + (f" with {added!r} added conditioning" if added else "") + f": known bases are {', '.join(BASES)}")
+
+
+def base_for_state_dict(state_dict) -> InpaintingBase:
+    """The base a ControlNet (or UNet) state dict was built for, read from its weights alone: the width of its
+    cross-attention keys (``attn2.to_k``, diffusers names; ``attn2.to_k`` is also ComfyUI's) and whether it has the
+    added-conditioning embedding SDXL uses (diffusers ``add_embedding.*``, ComfyUI/ldm ``label_emb.*``)."""
+    width = None
+    for key, tensor in state_dict.items():
+        if key.endswith("attn2.to_k.weight"):
+            width = int(tensor.shape[1])
+            break
+    added = "text_time" if any(k.startswith(("add_embedding.", "label_emb.")) for k in state_dict) else None
+    return base_for_unet_config({"cross_attention_dim": width, "addition_embed_type": added})
