@@ -1,9 +1,14 @@
-"""Small helpers every command shares: output folders."""
+"""Small helpers every command shares: output folders, and running over many items in one or several processes."""
 from __future__ import annotations
 
+import logging
 import os
+import sys
+from dataclasses import dataclass
 
 from ..models.errors import InputError
+
+log = logging.getLogger("salient_background")
 
 
 def ensure_output_dir(path: str, what: str = "output folder") -> str:
@@ -22,3 +27,75 @@ def ensure_output_dir(path: str, what: str = "output folder") -> str:
     except OSError as exc:
         raise InputError(f"cannot create the {what} {path!r}: {exc.strerror or exc}") from None
     return path
+
+
+# ---------------------------------------------------------------------------------------------- runs over many items
+def add_run_options(parser, *, batch: bool = True) -> None:
+    """The options every batch command shares: resuming, failures, dry run, throughput."""
+    group = parser.add_argument_group("large batches (see the README's 'Large batches')")
+    group.add_argument("--retry-failed", action="store_true",
+                       help="try again the items an earlier run recorded as failed (default: skip them and say so)")
+    group.add_argument("--dry-run", action="store_true",
+                       help="list the items and what is already done, then stop (no model is loaded)")
+    group.add_argument("--io-threads", type=int, default=2,
+                       help="threads that read the next files and write finished ones while the model runs (default 2)")
+    if batch:
+        group.add_argument("--batch-size", type=int, default=1, help="items per forward pass (default 1)")
+
+
+def check_run_options(args) -> None:
+    if getattr(args, "batch_size", 1) < 1:
+        raise InputError("--batch-size must be at least 1")
+    if args.io_threads < 1:
+        raise InputError("--io-threads must be at least 1")
+
+
+@dataclass
+class SharedRun:
+    stats: object  # models.runs.engine.RunStats of this process
+
+
+def run_shared_part(ranks, journal, works: list, *, key, total: int, unit: str, desc: str, args, make_runner) -> SharedRun:
+    """Every process does the works it owns (``ranks.owns(key(work))``) and records each in ``journal``; returns
+    once every process is done (the main process may then merge the records).
+
+    ``make_runner(mine, progress)`` loads the models (only when this process owns work) and returns an object with
+    ``load``, ``compute``, ``save`` (see :func:`models.runs.engine.run_items`) and ``failure_record(work, reason)``.
+    """
+    from ..models.runs.engine import RunProgress, RunStats, run_items
+
+    if ranks.is_main:
+        journal.clear_progress()
+    ranks.barrier()  # every process has read the folder before any writes a record
+    mine = [work for work in works if ranks.owns(key(work))]
+    progress = RunProgress(ranks, journal, total, unit, desc, disable=args.no_progress)
+    progress.start()
+    stats = RunStats()
+    try:
+        if mine:
+            runner = make_runner(mine, progress)
+
+            def finish(work, record, failure):
+                if failure is not None:
+                    log.error("skipped %s: %s", getattr(work, "source", None) or key(work), failure)
+                    record = runner.failure_record(work, failure)
+                journal.write(key(work), record)
+
+            stats = run_items(mine, load=runner.load, compute=runner.compute, save=runner.save, finish=finish,
+                              batch_size=getattr(args, "batch_size", 1), io_threads=args.io_threads)
+        progress.finish_own()
+        ranks.barrier()  # every process is done: the records are complete
+    finally:
+        progress.close()
+    return SharedRun(stats)
+
+
+def report_failures(command: str, failed: dict, skipped: list) -> None:
+    """The items the folder records as failed, one line each with the reason (stderr)."""
+    if not failed:
+        return
+    for entry in (failed[k] for k in sorted(failed)):
+        print(f"failed: {entry.get('source') or entry['id']}: {entry['reason']}", file=sys.stderr)
+    retry = f"; {len(skipped)} skipped now as failed before" if skipped else ""
+    print(f"{command}: {len(failed)} item(s) failed{retry} (rerun with --retry-failed to try them again)",
+          file=sys.stderr)

@@ -1,7 +1,6 @@
 """Files for the ``mask`` and ``generate`` commands: finding input photos, and writing outputs atomically."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -48,30 +47,10 @@ def find_images(inputs: list[str], other: Optional[Callable[[str], bool]] = None
 
 
 # ---------------------------------------------------------------------------------------------- atomic writes
-def _temporary_name(path: str) -> str:
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}.{os.getpid()}.tmp")
-
-
-def write_atomically(path: str, write: Callable[[str], None]) -> None:
-    """``write(temporary_path)`` then rename onto ``path``: ``path`` holds the old file or the whole new one."""
-    tmp = _temporary_name(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+# (the helpers live in models/runs/atomic.py, beside the run records that use them too)
+from ..models.runs.atomic import write_atomically, write_json_atomically  # noqa: E402,F401
 
 
 def save_image_atomically(image, path: str) -> None:
     """Save a PIL image as PNG at ``path`` atomically."""
     write_atomically(path, lambda tmp: image.save(tmp, format="PNG"))
-
-
-def write_json_atomically(path: str, data) -> None:
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-
-    write_atomically(path, write)

@@ -39,7 +39,7 @@ from typing import Optional
 
 from ..models.errors import InputError
 from ..models.runs.item_ids import assign_ids, base_name, colliding_groups, safe_name
-from .common import ensure_output_dir
+from .common import add_run_options, check_run_options, ensure_output_dir
 from .files import IMAGE_SUFFIXES, find_images, save_image_atomically, write_atomically, write_json_atomically
 
 log = logging.getLogger("salient_background")
@@ -76,7 +76,6 @@ def add_parser(subparsers) -> None:
     sampling.add_argument("--scheduler", default="unipc", help="unipc (default), ddim, pndm, euler, dpm++ (any case)")
     sampling.add_argument("--seed", type=int, default=0, help="first seed (default 0); output k of a photo uses seed+k")
     sampling.add_argument("--num-images", type=int, default=1, help="images per photo and prompt (default 1)")
-    sampling.add_argument("--batch-size", type=int, default=1, help="images generated together (default 1)")
     masks = parser.add_argument_group("object mask (one source)")
     masks.add_argument("--salient-checkpoint", help="InSPyReNet checkpoint (ckpt_base.pth) to find the object")
     masks.add_argument("--salient-mode", choices=["base", "fast"], default="base", help="salient model mode (default base)")
@@ -98,6 +97,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="regenerate images that already exist, even when made with other settings")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -217,21 +217,11 @@ def read_mask_file(path: str):
         raise InputError(f"cannot read mask {path!r}: {exc}") from exc
 
 
-def _picture_size(path: str) -> Optional[tuple[int, int]]:
-    """(width, height) from the file's header (cheap: no decoding); None when it is not a readable picture."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, ValueError):
-        return None
-
-
 # ---------------------------------------------------------------------------------------------- checks before any model
 def _validate_options(args) -> None:
     from ..models.generation.pipeline import SCHEDULERS
 
+    check_run_options(args)
     if args.size <= 0 or args.size % 8:
         raise InputError(f"--size must be a positive multiple of 8, got {args.size}")
     if args.steps < 1 or args.num_images < 1 or args.batch_size < 1:
@@ -271,11 +261,9 @@ def _validate_paths(args) -> None:
                              "--controlnet-scale 0 for the SI2 baseline")
 
 
-def _prepare_items(items: list[Item], args) -> tuple[list[Item], int]:
-    """Give every item its prompts and mask file and check them; an unreadable photo is reported and skipped.
-
-    Returns (usable items, number skipped). Only file headers are read."""
-    usable, skipped = [], 0
+def _prepare_items(items: list[Item], args) -> list[Item]:
+    """Give every item its prompts and mask file. A missing prompt or mask source stops the run now; a photo or
+    mask that cannot be read, or does not match, fails that item alone when it is loaded (:func:`load_photo`)."""
     for item in items:
         if not item.prompts:
             if not args.prompt:
@@ -288,22 +276,7 @@ def _prepare_items(items: list[Item], args) -> tuple[list[Item], int]:
                 raise InputError(f"no mask for {item.path!r} in {args.masks!r} (expected <name>.png or <name>_mask.png)")
         if item.mask_path is None and not args.salient_checkpoint:
             raise InputError(f"no object mask for {item.path!r}: give --salient-checkpoint, --masks, or a mask column")
-        photo_size = _picture_size(item.path)
-        if photo_size is None:
-            log.error("skipped %s: cannot read it as an image", item.path)
-            skipped += 1
-            continue
-        if item.mask_path is not None:
-            mask_size = _picture_size(item.mask_path)
-            if mask_size is None:
-                raise InputError(f"cannot read mask {item.mask_path!r} as an image")
-            if mask_size != photo_size:
-                raise InputError(
-                    f"mask {item.mask_path!r} is {mask_size[0]}x{mask_size[1]} but photo {item.path!r} is "
-                    f"{photo_size[0]}x{photo_size[1]} (WxH); give a mask of the photo itself"
-                )
-        usable.append(item)
-    return usable, skipped
+    return items
 
 
 # ---------------------------------------------------------------------------------------------- settings and jobs
@@ -371,27 +344,53 @@ def _differing(old: dict, new: dict, keys=None) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- the output manifest
-def read_rows(out: str) -> dict[str, dict]:
-    """The rows of ``out/manifest.json`` that still describe files there, by id (images whose file is gone are dropped;
-    rows of an older version, which recorded no per-row settings, are left out: their images count as undescribed)."""
+@dataclass
+class FolderState:
+    """What ``out`` holds: manifest rows (by id) and photos that failed (by photo id), the manifest's and those of
+    records a run did not merge yet (it was stopped); ``pending`` are those records."""
+
+    rows: dict
+    failed: dict
+    pending: dict
+
+
+def read_state(out: str, journal) -> FolderState:
+    """The rows of ``out/manifest.json`` and of unmerged records that still describe files there, by id (images whose
+    file is gone are dropped; rows of an older version, which recorded no per-row settings, are left out: their
+    images count as undescribed), and the failed photos."""
     path = os.path.join(out, "manifest.json")
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read {path!r} ({exc}): choose another --output-dir, or remove that file") from exc
+    data = {}
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"cannot read {path!r} ({exc}): choose another --output-dir, or remove that file") from exc
+    data = data if isinstance(data, dict) else {}
+    raw = {row.get("id"): row for row in data.get("rows", []) if isinstance(row, dict)}
+    failed = {f["id"]: f for f in data.get("failed", []) if isinstance(f, dict) and "id" in f}
+    pending = journal.pending()
+    _fold_records(raw, failed, pending)
     rows = {}
     exists = lambda rel: bool(rel) and os.path.isfile(os.path.join(out, rel))  # noqa: E731
-    for row in data.get("rows", []) if isinstance(data, dict) else []:
-        if not (isinstance(row, dict) and isinstance(row.get("settings"), dict) and isinstance(row.get("images"), list)):
+    for tag, row in raw.items():
+        if not (isinstance(row.get("settings"), dict) and isinstance(row.get("images"), list)):
             continue
         images = [dict(im, restored=im.get("restored") if exists(im.get("restored")) else "")
                   for im in row["images"] if exists(im.get("generated"))]
         if images:
-            rows[row["id"]] = dict(row, images=images)
-    return rows
+            rows[tag] = dict(row, images=images)
+    return FolderState(rows, failed, pending)
+
+
+def _fold_records(rows: dict, failed: dict, records: dict) -> None:
+    """Add per-photo records to manifest rows and failures (a photo done now is no longer failed)."""
+    for _, record in sorted(records.items()):
+        if "failed" in record:
+            failed[record["id"]] = {"id": record["id"], "source": record["source"], "reason": record["failed"]}
+        else:
+            failed.pop(record["id"], None)
+            rows.update(record["rows"])
 
 
 def _csv_row(row: dict) -> dict:
@@ -401,8 +400,9 @@ def _csv_row(row: dict) -> dict:
                 restored=";".join(im["restored"] for im in images if im["restored"]))
 
 
-def write_manifest(out: str, rows: dict[str, dict], run: dict) -> None:
-    """``manifest.csv`` (what ``evaluate --manifest`` reads) and ``manifest.json`` (with each row's settings), atomically.
+def write_manifest(out: str, rows: dict[str, dict], run: dict, failed: Optional[dict] = None) -> None:
+    """``manifest.csv`` (what ``evaluate --manifest`` reads) and ``manifest.json`` (with each row's settings, and the
+    photos that failed with the reason), atomically, sorted by id.
 
     The JSON's top-level ``settings`` are the run settings when every row shares them, else null and ``mixed_settings``
     names the ones that differ between rows."""
@@ -419,17 +419,22 @@ def write_manifest(out: str, rows: dict[str, dict], run: dict) -> None:
     meta = {"settings": None if mixed else run, "rows": table}
     if mixed:
         meta["mixed_settings"] = mixed
+    if failed:
+        meta["failed"] = [failed[key] for key in sorted(failed)]
     write_json_atomically(os.path.join(out, "manifest.json"), meta)
 
 
 def _new_row(job: Job, run: dict, framed: "FramedPhoto", out: str) -> dict:
-    return {
+    row = {
         "id": job.tag, "mask": os.path.relpath(framed.mask_path, out),
         "original": os.path.relpath(framed.input_path, out),
         "source": _abs(job.item.path), "prompt": job.prompt, "negative_prompt": job.negative_prompt,
         "controlnet_scale": run["controlnet_scale"], "frame": framed.transform.to_dict(), "settings": job.settings(run),
         "images": [],
     }
+    if framed.note:
+        row["note"] = framed.note
+    return row
 
 
 def _record_image(rows: dict, job: Job, run: dict, framed: "FramedPhoto", out: str, restored: str) -> None:
@@ -437,8 +442,9 @@ def _record_image(rows: dict, job: Job, run: dict, framed: "FramedPhoto", out: s
     if row is None or row["settings"] != job.settings(run):
         row = rows[job.tag] = _new_row(job, run, framed, out)
     row["frame"] = framed.transform.to_dict()
-    row["images"] = [im for im in row["images"] if im["seed"] != job.seed] + [
-        {"seed": job.seed, "generated": os.path.join("generated", job.name), "restored": restored}]
+    row["images"] = sorted([im for im in row["images"] if im["seed"] != job.seed] + [
+        {"seed": job.seed, "generated": os.path.join("generated", job.name), "restored": restored}],
+        key=lambda im: im["seed"])
 
 
 # ---------------------------------------------------------------------------------------------- what is left to do
@@ -510,14 +516,50 @@ def _check_other_rows(rows, planned_tags, todo, run, args, differing) -> None:
             del rows[tag]
 
 
-# ---------------------------------------------------------------------------------------------- framing the photos
+# ---------------------------------------------------------------------------------------------- one photo's work
+@dataclass
+class PhotoWork:
+    """A photo and the images still to make of it (all its prompts and seeds): done by one process, in one go."""
+
+    item: Item
+    jobs: list
+    rows: dict  # the manifest rows of its tags before this run (images of other seeds stay in them)
+
+    @property
+    def source(self) -> str:
+        return self.item.path
+
+
 @dataclass
 class FramedPhoto:
-    """A photo on the model's canvas: how it was framed and where its framed picture and object mask are."""
+    """A photo on the model's canvas: how it was framed, the framed picture and object mask and where they go."""
 
     transform: object  # models.framing.FrameTransform
     input_path: str
     mask_path: str
+    picture: object = None  # PIL RGB
+    mask: object = None  # PIL L, white = object
+    note: str = ""
+
+
+def load_photo(work: PhotoWork):
+    """(photo, supplied mask or None), PIL; the item fails when either cannot be read or they differ in size."""
+    from PIL import Image
+
+    from ..models.runs.engine import ItemFailed
+
+    item = work.item
+    try:
+        with Image.open(item.path) as pil:
+            pil.load()
+            photo = pil.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise ItemFailed(f"cannot read it as an image ({exc})") from None
+    mask = read_mask_file(item.mask_path) if item.mask_path is not None else None
+    if mask is not None and mask.size != photo.size:
+        raise ItemFailed(f"mask {item.mask_path!r} is {mask.size[0]}x{mask.size[1]} but the photo is "
+                         f"{photo.size[0]}x{photo.size[1]} (WxH); give a mask of the photo itself")
+    return photo, mask
 
 
 def _salient_mask(salient, photo):
@@ -528,24 +570,16 @@ def _salient_mask(salient, photo):
     return image_ops.mask_to_pil(prediction.maps[0].float().cpu()), bool(prediction.empty[0])
 
 
-def frame_photo(item: Item, args, salient, dirs: dict) -> Optional[FramedPhoto]:
-    """Frame ``item`` as the reference does and find its object; write inputs/<id>.png and masks/<id>.png.
+NO_OBJECT_NOTE = "the salient model found no object; the whole picture was generated"
 
-    None (logged) when the photo cannot be decoded."""
+
+def frame_photo(item: Item, photo, source_mask, args, salient, dirs: dict) -> FramedPhoto:
+    """Frame ``photo`` as the reference does and find its object (nothing is written here)."""
     import numpy as np
     import torch
-    from PIL import Image
 
     from ..models.imaging import framing
 
-    try:
-        with Image.open(item.path) as pil:
-            pil.load()
-            photo = pil.convert("RGB")
-    except (OSError, ValueError) as exc:
-        log.error("skipped %s: cannot read it as an image (%s)", item.path, exc)
-        return None
-    source_mask = read_mask_file(item.mask_path) if item.mask_path is not None else None
     as_tensor = lambda m: torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0)  # noqa: E731
     if args.frame == framing.CROP and source_mask is None:  # the box comes from the whole photo
         source_mask, _ = _salient_mask(salient, photo)
@@ -553,62 +587,38 @@ def frame_photo(item: Item, args, salient, dirs: dict) -> Optional[FramedPhoto]:
         photo.size[1], photo.size[0], args.frame, args.size, allow_upscale=args.upscale or args.frame == framing.CROP,
         margin=args.margin, object_mask=None if source_mask is None else as_tensor(source_mask))
     framed = framing.apply_pil(photo, transform, fill=0)
+    note = ""
     if source_mask is not None:
         framed_mask = framing.apply_pil(source_mask, transform, fill=0)
     else:  # the reference finds the object on the framed photo
         framed_mask, empty = _salient_mask(salient, framed)
         if empty:
+            note = NO_OBJECT_NOTE
             log.warning("%s: the salient model found no object; the whole picture will be generated", item.path)
     warning = framing.small_object_warning(as_tensor(framed_mask))
     if warning:
         log.warning("%s: %s", item.path, warning)
     name = item.id + ".png"
-    result = FramedPhoto(transform, os.path.join(dirs["inputs"], name), os.path.join(dirs["masks"], name))
-    save_image_atomically(framed, result.input_path)
-    save_image_atomically(framed_mask, result.mask_path)
-    return result
-
-
-def frame_photos(items: list[Item], args, device, dtype, dirs: dict) -> dict[str, FramedPhoto]:
-    """``{item id: FramedPhoto}`` for the photos that could be read; the salient model is loaded only if needed."""
-    import torch
-
-    salient = None
-    if args.salient_checkpoint and any(item.mask_path is None for item in items):
-        from ..models.networks.salient import load_salient_model
-
-        salient = load_salient_model(args.salient_checkpoint, mode=args.salient_mode, device=device, dtype=dtype)
-    framed = {}
-    for item in items:
-        photo = frame_photo(item, args, salient, dirs)
-        if photo is not None:
-            framed[item.id] = photo
-    if salient is not None:  # free it before the diffusion models load
-        del salient
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return framed
+    return FramedPhoto(transform, os.path.join(dirs["inputs"], name), os.path.join(dirs["masks"], name),
+                       framed, framed_mask, note)
 
 
 # ---------------------------------------------------------------------------------------------- generating
-def _generate_batch(pipe, chunk: list[Job], framed: dict[str, FramedPhoto], args, bar):
-    """The pictures of ``chunk`` ([B,H,W,3] in [0,1]) from the framed photos and masks written before."""
+def _generate_batch(pipe, chunk: list[Job], framed: dict[str, FramedPhoto], args, progress):
+    """The pictures of ``chunk`` ([B,H,W,3] in [0,1]) from the framed photos and masks."""
     import numpy as np
     import torch
-    from PIL import Image
 
     from ..models.imaging import image_ops
 
-    images = torch.cat([image_ops.pil_to_image(Image.open(framed[j.item.id].input_path))[0] for j in chunk])
+    images = torch.cat([image_ops.pil_to_image(framed[j.item.id].picture)[0] for j in chunk])
     object_masks = torch.stack([
-        torch.from_numpy(np.asarray(Image.open(framed[j.item.id].mask_path).convert("L"), dtype=np.float32) / 255.0)
-        for j in chunk
-    ])
+        torch.from_numpy(np.asarray(framed[j.item.id].mask, dtype=np.float32) / 255.0) for j in chunk])
     result = pipe(
         images, object_masks, [j.prompt for j in chunk], [j.negative_prompt for j in chunk],
         num_inference_steps=args.steps, guidance_scale=args.guidance, controlnet_conditioning_scale=args.controlnet_scale,
         generator=[torch.Generator().manual_seed(j.seed) for j in chunk],
-        output_type="pt", callback=lambda step, total: bar.update(len(chunk)), show_progress=False,
+        output_type="pt", callback=lambda step, total: progress.advance(len(chunk)), show_progress=False,
     )
     if not args.paste_back:
         return result.images
@@ -617,35 +627,66 @@ def _generate_batch(pipe, chunk: list[Job], framed: dict[str, FramedPhoto], args
     return paste_object_back(result.images, images, object_masks, erode=args.paste_erode, feather=args.paste_feather)
 
 
-def _write_picture(job: Job, picture, photo: FramedPhoto, args, dirs: dict) -> str:
-    """Save generated/<name> (and restored/<name> with --restore); returns the restored path relative to the folder."""
-    from PIL import Image
+class PhotoRunner:
+    """The three steps :func:`models.runs.engine.run_items` calls per photo: load (files), compute (models), save."""
 
-    from ..models.imaging import framing, image_ops
+    def __init__(self, args, out: str, settings: dict, salient, pipe, progress):
+        self.args, self.out, self.settings = args, out, settings
+        self.salient, self.pipe, self.progress = salient, pipe, progress
+        self.dirs = _output_dirs(out)
 
-    save_image_atomically(Image.fromarray(image_ops.image_to_uint8(picture)), os.path.join(dirs["generated"], job.name))
-    if not args.restore:
-        return ""
-    with Image.open(job.item.path) as original:
-        source = image_ops.pil_to_image(original.convert("RGB"))[0]
-    restored = framing.restore(picture[None], photo.transform, original=source)[0]
-    save_image_atomically(Image.fromarray(image_ops.image_to_uint8(restored)), os.path.join(dirs["restored"], job.name))
-    return os.path.join("restored", job.name)
+    load = staticmethod(load_photo)
 
+    def failure_record(self, work: PhotoWork, reason: str) -> dict:
+        self.progress.advance(len(work.jobs) * self.args.steps)  # its steps will not run
+        return {"id": work.item.id, "source": _abs(work.item.path), "failed": reason}
 
-def generate_all(todo: list[Job], framed: dict[str, FramedPhoto], pipe, args, dirs: dict, on_written) -> None:
-    """Run the jobs ``--batch-size`` at a time; ``on_written(job, restored path)`` after each image is saved."""
-    from tqdm.auto import tqdm
+    def compute(self, ready: list) -> list:
+        """Frame each photo, then make all their images ``--batch-size`` at a time."""
+        from ..models.runs.engine import ITEM_ERRORS, ItemFailed, failure_reason
 
-    bar = tqdm(total=len(todo) * args.steps, unit="step", disable=args.no_progress, desc="generate")
-    try:
-        for start in range(0, len(todo), args.batch_size):
-            chunk = todo[start:start + args.batch_size]
-            pictures = _generate_batch(pipe, chunk, framed, args, bar)
-            for job, picture in zip(chunk, pictures):
-                on_written(job, _write_picture(job, picture, framed[job.item.id], args, dirs))
-    finally:
-        bar.close()
+        framed: dict[str, FramedPhoto] = {}
+        failed: dict[str, ItemFailed] = {}
+        for work, (photo, mask) in ready:
+            try:
+                framed[work.item.id] = frame_photo(work.item, photo, mask, self.args, self.salient, self.dirs)
+            except ITEM_ERRORS as exc:
+                failed[work.item.id] = ItemFailed(failure_reason(exc))
+        jobs = [job for work, _ in ready if work.item.id in framed for job in work.jobs]
+        pictures = {}
+        for start in range(0, len(jobs), self.args.batch_size):
+            chunk = jobs[start:start + self.args.batch_size]
+            pictures.update(zip((j.name for j in chunk), _generate_batch(self.pipe, chunk, framed, self.args,
+                                                                          self.progress)))
+        return [failed.get(work.item.id) or (framed[work.item.id], photo, [pictures[j.name] for j in work.jobs])
+                for work, (photo, _) in ready]
+
+    def save(self, work: PhotoWork, result) -> dict:
+        """Write inputs/, masks/, generated/ (and restored/); return the photo's record (its manifest rows)."""
+        framed, photo, pictures = result
+        save_image_atomically(framed.picture, framed.input_path)
+        save_image_atomically(framed.mask, framed.mask_path)
+        rows = {tag: dict(row) for tag, row in work.rows.items()}
+        for job, picture in zip(work.jobs, pictures):
+            restored = self._write_picture(job, picture, framed, photo)
+            _record_image(rows, job, self.settings, framed, self.out, restored)
+        return {"id": work.item.id, "source": _abs(work.item.path), "rows": rows}
+
+    def _write_picture(self, job: Job, picture, framed: FramedPhoto, photo) -> str:
+        """Save generated/<name> (and restored/<name> with --restore); the restored path relative to the folder."""
+        from PIL import Image
+
+        from ..models.imaging import framing, image_ops
+
+        save_image_atomically(Image.fromarray(image_ops.image_to_uint8(picture)),
+                              os.path.join(self.dirs["generated"], job.name))
+        if not self.args.restore:
+            return ""
+        source = image_ops.pil_to_image(photo)[0]
+        restored = framing.restore(picture[None], framed.transform, original=source)[0]
+        save_image_atomically(Image.fromarray(image_ops.image_to_uint8(restored)),
+                              os.path.join(self.dirs["restored"], job.name))
+        return os.path.join("restored", job.name)
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -653,41 +694,114 @@ def _output_dirs(out: str) -> dict[str, str]:
     return {k: os.path.join(out, k) for k in ("inputs", "masks", "generated", "restored")}
 
 
+def _works(todo: list[Job], rows: dict) -> list[PhotoWork]:
+    """The photos to work on, each with its jobs (input order) and the current rows of their tags."""
+    works: dict[str, PhotoWork] = {}
+    for job in todo:
+        work = works.setdefault(job.item.id, PhotoWork(job.item, [], {}))
+        work.jobs.append(job)
+        if job.tag in rows:
+            work.rows[job.tag] = rows[job.tag]
+    return list(works.values())
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..models.generation.pipeline import load_pipeline
-    from ..models.precision import parse_device, resolve_dtype
+    from ..models.runs.ranks import join_ranks
 
     _validate_options(args)
-    device = parse_device(args.device)
+    ranks = join_ranks()
+    try:
+        return _run(args, ranks)
+    finally:
+        ranks.close()
+
+
+def _run(args: argparse.Namespace, ranks) -> int:
+    from ..models.precision import parse_device, resolve_dtype
+    from ..models.runs.journal import Journal
+    from ..models.runs.ranks import device_name
+    from .common import report_failures, run_shared_part
+
+    device = parse_device(device_name(args.device, ranks))
     dtype = resolve_dtype(args.precision, device)
-    items, failures = _prepare_items(collect_items(args.inputs), args)
+    items = _prepare_items(collect_items(args.inputs), args)
     out = ensure_output_dir(args.output_dir)
     settings = run_settings(args, dtype)
     jobs = plan_jobs(items, args)
-    rows = read_rows(out)
-    todo = plan_against_folder(jobs, rows, settings, args, out)
-    if not todo:
-        print(f"nothing to do: all {len(jobs)} image(s) already generated in {out} (--overwrite to redo)")
-        return 1 if failures else 0
-
-    dirs = _output_dirs(out)
-    for key, folder in dirs.items():
+    journal = Journal(out, "generate")
+    state = read_state(out, journal)
+    todo = plan_against_folder(jobs, state.rows, settings, args, out)
+    skipped_failed = sorted({j.item.id for j in todo if j.item.id in state.failed and not args.retry_failed})
+    todo = [job for job in todo if args.retry_failed or job.item.id not in state.failed]
+    works = _works(todo, state.rows)
+    if args.dry_run:
+        return _dry_run(ranks, items, works, state, skipped_failed)
+    if not works:
+        if ranks.is_main:
+            _merge(out, journal, state, settings)
+            print(f"nothing to do: all {len(jobs) - sum(1 for j in jobs if j.item.id in skipped_failed)} image(s) "
+                  f"already generated in {out} (--overwrite to redo)")
+            report_failures("generate", state.failed, skipped_failed)
+        return 1 if skipped_failed or state.failed else 0
+    for key, folder in _output_dirs(out).items():
         if key != "restored" or args.restore:
             os.makedirs(folder, exist_ok=True)
-    framed = frame_photos(list({job.item.id: job.item for job in todo}.values()), args, device, dtype, dirs)
-    failures += len({job.item.id for job in todo if job.item.id not in framed})
-    todo = [job for job in todo if job.item.id in framed]
-    if not todo:
-        return 1
+    run_shared_part(
+        ranks, journal, works, key=lambda w: w.item.id, total=len(todo) * args.steps, unit="step", desc="generate",
+        args=args, make_runner=lambda mine, progress: _runner(mine, args, out, settings, device, dtype, progress))
+    if not ranks.is_main:
+        return 0
+    failed_now = [r["id"] for r in journal.pending().values() if "failed" in r]
+    merged = _merge(out, journal, state, settings)
+    written = sum(len(w.jobs) for w in works if w.item.id not in failed_now)
+    print(f"generate: {written} image(s) of {len(works) - len(failed_now)} photo(s) written to "
+          f"{os.path.join(out, 'generated')}, {len(jobs) - len(todo)} already done; manifest "
+          f"{os.path.join(out, 'manifest.csv')}")
+    report_failures("generate", merged.failed, skipped_failed)
+    return 1 if merged.failed else 0
+
+
+def _runner(mine: list[PhotoWork], args, out, settings, device, dtype, progress) -> PhotoRunner:
+    """Load the models this process needs for its photos (the salient model only when a photo has no mask)."""
+    from ..models.generation.pipeline import load_pipeline
+
+    salient = None
+    if args.salient_checkpoint and any(w.item.mask_path is None for w in mine):
+        from ..models.networks.salient import load_salient_model
+
+        salient = load_salient_model(args.salient_checkpoint, mode=args.salient_mode, device=device, dtype=dtype)
     pipe = load_pipeline(
         args.pipeline, si2_path=args.si2, controlnet_path=args.controlnet, use_controlnet=args.controlnet_scale != 0,
         device=device, dtype=dtype, scheduler=args.scheduler.lower(),
     )
+    return PhotoRunner(args, out, settings, salient, pipe, progress)
 
-    def on_written(job: Job, restored: str) -> None:  # the manifest follows every image written
-        _record_image(rows, job, settings, framed[job.item.id], out, restored)
-        write_manifest(out, rows, settings)
 
-    generate_all(todo, framed, pipe, args, dirs, on_written)
-    print(f"wrote {len(todo)} image(s) to {dirs['generated']}; manifest {os.path.join(out, 'manifest.csv')}")
-    return 1 if failures else 0
+def _merge(out: str, journal, state: FolderState, settings: dict) -> FolderState:
+    """The main process, once every process is done: fold the new records into the manifest, then drop them."""
+    records = journal.pending()
+    rows, failed = dict(state.rows), dict(state.failed)
+    _fold_records(rows, failed, records)
+    if records or not os.path.isfile(os.path.join(out, "manifest.json")) or rows != state.rows:
+        write_manifest(out, rows, settings, failed)
+    journal.consume(records)
+    return FolderState(rows, failed, {})
+
+
+def _dry_run(ranks, items: list[Item], works: list[PhotoWork], state: FolderState, skipped_failed: list) -> int:
+    """List every photo and what this run would do with it; no model is loaded, nothing is written."""
+    if not ranks.is_main:
+        return 0
+    planned = {w.item.id: w for w in works}
+    for item in sorted(items, key=lambda i: i.id):
+        if item.id in planned:
+            status = f"to do: {len(planned[item.id].jobs)} image(s)"
+        elif item.id in skipped_failed:
+            status = f"failed before, skipped (--retry-failed): {state.failed[item.id]['reason']}"
+        else:
+            status = "done"
+        print(f"{item.id}\t{item.path}\t{status}")
+    images = sum(len(w.jobs) for w in works)
+    print(f"dry run: {len(items)} photo(s); {len(works)} to do ({images} image(s)), "
+          f"{len(items) - len(works) - len(skipped_failed)} done, {len(skipped_failed)} failed before (skipped)")
+    return 0

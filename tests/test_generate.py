@@ -148,8 +148,11 @@ def test_generate_argument_errors(tiny_sd, tmp_path, capsys):
     bad = tmp_path / "badmask"
     bad.mkdir()
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(bad / "square.png")
-    assert _generate(photos / "square.png", "--pipeline", tiny_sd.hf_pipeline_dir, "--masks", bad, *common) == 2
+    # a mask of another size fails that photo alone: reported, recorded in the manifest, the run goes on (exit 1)
+    assert _generate(photos / "square.png", "--pipeline", tiny_sd.hf_pipeline_dir, "--masks", bad, *common) == 1
     assert "give a mask of the photo itself" in capsys.readouterr().err
+    failed = json.loads((tmp_path / "o" / "manifest.json").read_text())["failed"]
+    assert [f["id"] for f in failed] == ["square"] and "give a mask of the photo itself" in failed[0]["reason"]
 
 
 # ---------------------------------------------------------------------------------------------- re-runs and the manifest

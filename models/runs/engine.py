@@ -1,0 +1,175 @@
+"""Running the items a process owns: batches for the model, reading and writing files on a few threads meanwhile.
+
+``run_items`` keeps the model busy: while a batch is on the model, a small thread pool decodes the photos of the
+next batch and encodes (writes) the results of the previous ones. An item that cannot be done (an unreadable
+photo, a mask of another size...) fails alone, with its reason, and the run goes on.
+
+``RunProgress`` is the one progress bar of a job: the main process shows the count of every process (the others
+write theirs into small files it reads every half second).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+from ..errors import UserFacingError
+
+# a test hook: sleep this many seconds after each item's record, so a test can kill a process between items
+PAUSE_ENV = "SALIENT_BACKGROUND_PAUSE_AFTER_ITEM"
+
+
+class ItemFailed(Exception):
+    """This item cannot be done (the message says why); the others go on."""
+
+
+# what reading, computing or writing one item may raise that concerns that item alone
+ITEM_ERRORS = (ItemFailed, UserFacingError, OSError, ValueError)
+
+
+def failure_reason(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, (ItemFailed, UserFacingError)) else f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class RunStats:
+    wall_seconds: float = 0.0
+    model_seconds: float = 0.0  # time in ``compute`` (the model), the rest is waiting for files
+    done: int = 0
+    failed: int = 0
+
+
+def run_items(items: Sequence[Any], *, load: Callable, compute: Callable, save: Callable, finish: Callable,
+              batch_size: int = 1, io_threads: int = 2) -> RunStats:
+    """Do ``items`` in batches of ``batch_size``.
+
+    ``load(item)`` (on a thread) reads the item's files; ``compute([(item, loaded), ...])`` (on this thread: the
+    model) returns one result per item, or an :class:`ItemFailed` in its place; ``save(item, result)`` (on a thread)
+    writes the outputs and returns the item's record; ``finish(item, record, failure)`` (this thread) is called once
+    per item, in order, with the record or the failure reason.
+    """
+    stats = RunStats()
+    start = time.perf_counter()
+    batches = [list(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
+    saving: deque = deque()
+
+    def settle(block_beyond: int) -> None:
+        while saving and (saving[0][1].done() or len(saving) > block_beyond):
+            item, future = saving.popleft()
+            try:
+                record, failure = future.result(), None
+            except ITEM_ERRORS as exc:
+                record, failure = None, failure_reason(exc)
+            stats.done += failure is None
+            stats.failed += failure is not None
+            finish(item, record, failure)
+            pause_for_tests()
+
+    with ThreadPoolExecutor(max_workers=max(1, io_threads), thread_name_prefix="sb-io") as pool:
+        submit_loads = lambda batch: [(item, pool.submit(load, item)) for item in batch]  # noqa: E731
+        upcoming = submit_loads(batches[0]) if batches else []
+        for index in range(len(batches)):
+            current = upcoming
+            upcoming = submit_loads(batches[index + 1]) if index + 1 < len(batches) else []
+            ready = []
+            for item, future in current:
+                try:
+                    ready.append((item, future.result()))
+                except ITEM_ERRORS as exc:
+                    saving.append((item, _failed_future(exc)))
+            if ready:
+                began = time.perf_counter()
+                results = compute(ready)
+                stats.model_seconds += time.perf_counter() - began
+                for (item, _), result in zip(ready, results):
+                    future = _failed_future(result) if isinstance(result, ItemFailed) else pool.submit(save, item, result)
+                    saving.append((item, future))
+            settle(block_beyond=2 * batch_size)  # bounded: finished pictures do not pile up in memory
+        settle(block_beyond=0)
+    stats.wall_seconds = time.perf_counter() - start
+    return stats
+
+
+def _failed_future(exc: BaseException):
+    from concurrent.futures import Future
+
+    future: Future = Future()
+    future.set_exception(exc)
+    return future
+
+
+def pause_for_tests() -> None:
+    seconds = float(os.environ.get(PAUSE_ENV, "0") or 0)
+    if seconds > 0:
+        time.sleep(seconds)
+
+
+class RunProgress:
+    """One bar for the whole job on the main process: ``advance(k)`` counts this process's work; the other
+    processes' counts come from the journal's progress files (``journal.write_progress``)."""
+
+    POLL_SECONDS = 0.5
+
+    def __init__(self, ranks, journal, total: int, unit: str, desc: str, disable: bool, bar_factory=None):
+        self.ranks, self.journal, self.own, self.shown = ranks, journal, 0, 0
+        self._last_write = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.bar = None
+        self._poller: Optional[threading.Thread] = None
+        if ranks.is_main:
+            if bar_factory is None:
+                from tqdm.auto import tqdm as bar_factory
+            self.bar = bar_factory(total=total, unit=unit, desc=desc, disable=disable, file=sys.stderr)
+            if ranks.world > 1:
+                self._poller = threading.Thread(target=self._poll, daemon=True, name="sb-progress")
+                self._poller.start()
+
+    def advance(self, k: int = 1) -> None:
+        with self._lock:
+            self.own += k
+        if self.ranks.is_main:
+            self._refresh()
+        elif time.monotonic() - self._last_write >= self.POLL_SECONDS:
+            self._write()
+
+    def _write(self) -> None:
+        self._last_write = time.monotonic()
+        self.journal.write_progress(self.ranks.rank, self.own)
+
+    def _refresh(self) -> None:
+        others = self.journal.read_progress(skip_rank=0) if self.ranks.world > 1 else 0
+        with self._lock:
+            delta = self.own + others - self.shown
+            if delta > 0:
+                self.shown += delta
+                self.bar.update(delta)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.POLL_SECONDS):
+            self._refresh()
+
+    def start(self) -> None:
+        """Announce this process (its counter file names its pid, which the tests use to stop one process)."""
+        if self.ranks.world > 1:
+            self._write()
+
+    def finish_own(self) -> None:
+        """This process did its share (before the closing barrier)."""
+        if not self.ranks.is_main:
+            self._write()
+
+    def close(self) -> None:
+        """After the closing barrier: the main process shows the final count."""
+        if self.bar is None:
+            return
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join()
+        self._refresh()
+        self.bar.close()
