@@ -55,10 +55,13 @@ class SharedRun:
     stats: object  # models.runs.engine.RunStats of this process
 
 
-def run_shared_part(ranks, journal, works: list, *, key, total: int, unit: str, desc: str, args, make_runner) -> SharedRun:
+def run_shared_part(ranks, journal, works: list, *, key, total: int, unit: str, desc: str, args, make_runner,
+                    journal_for=None, record_key=None) -> SharedRun:
     """Every process does the works it owns (``ranks.owns(key(work))``) and records each in ``journal``; returns
     once every process is done (the main process may then merge the records).
 
+    ``journal`` also holds the progress counters; ``journal_for(work)`` / ``record_key(work)`` say where a work's
+    record goes when that is not ``journal`` / ``key(work)``.
     ``make_runner(mine, progress)`` loads the models (only when this process owns work) and returns an object with
     ``load``, ``compute``, ``save`` (see :func:`models.runs.engine.run_items`) and ``failure_record(work, reason)``.
     """
@@ -79,7 +82,7 @@ def run_shared_part(ranks, journal, works: list, *, key, total: int, unit: str, 
                 if failure is not None:
                     log.error("skipped %s: %s", getattr(work, "source", None) or key(work), failure)
                     record = runner.failure_record(work, failure)
-                journal.write(key(work), record)
+                (journal_for or (lambda _: journal))(work).write((record_key or key)(work), record)
 
             stats = run_items(mine, load=runner.load, compute=runner.compute, save=runner.save, finish=finish,
                               batch_size=getattr(args, "batch_size", 1), io_threads=args.io_threads)

@@ -12,8 +12,9 @@ Inputs (one of):
 Outputs in ``--output DIR``: ``expansion.csv`` (one row per generated image), ``summary.json`` (mean, median,
 percentiles and the share of images above ``--threshold`` of every score; under ``failed``, the images or masks
 that could not be read, with the reason, and the exit code is then 1) and ``settings.json``. Re-running the same
-command resumes: images already in the CSV are skipped (the settings must match, or use ``--overwrite``); failed
-ones are tried again.
+command resumes: images already in the CSV are skipped (the settings must match, or use ``--overwrite``), and so
+are the failed ones unless ``--retry-failed``. Under ``torchrun`` / ``accelerate launch`` the images are shared
+between the processes (those of one mask stay together); the main process writes the CSV and summary at the end.
 ``--compare RUN_A RUN_B`` prints the ratio of mean expansion of two finished runs (A / B).
 """
 from __future__ import annotations
@@ -26,8 +27,10 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 from ..models.errors import InputError, UserFacingError
+from .common import add_run_options, check_run_options
 
 log = logging.getLogger("salient_background")
 
@@ -66,6 +69,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--overwrite", action="store_true", help="start the output folder afresh instead of resuming")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_options(parser, batch=False)
     parser.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
                         help="print the ratio of mean expansion of two finished runs (output folders or their "
                              "summary.json); alone, or after an evaluation")
@@ -257,27 +261,6 @@ def resolve_sam(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- run
-def _progress(total: int, initial: int, disable: bool):
-    try:
-        from tqdm import tqdm
-
-        return tqdm(total=total, initial=initial, unit="image", disable=disable, file=sys.stderr)
-    except ImportError:  # pragma: no cover - tqdm comes with transformers/diffusers
-        class _Plain:
-            def __init__(self):
-                self.n = initial
-
-            def update(self, k=1):
-                self.n += k
-                if not disable:
-                    print(f"{self.n}/{total} images", file=sys.stderr)
-
-            def close(self):
-                pass
-
-        return _Plain()
-
-
 def run(args: argparse.Namespace) -> int:
     evaluating = bool(args.masks or args.generated or args.manifest)
     if not evaluating:
@@ -299,6 +282,7 @@ def _check_options(args: argparse.Namespace) -> None:
         raise InputError("folder mode needs both --masks and --generated")
     if not args.sam or not args.output:
         raise InputError("--sam (a SAM checkpoint) and --output (a folder) are required for an evaluation")
+    check_run_options(args)
     if args.points < 1:
         raise InputError("--points must be at least 1")
     if args.salient_checkpoint and not os.path.isfile(args.salient_checkpoint):
@@ -306,34 +290,92 @@ def _check_options(args: argparse.Namespace) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    """Score every generated image not yet in the output CSV; write the summary. Its ``failed`` list holds the
-    images that could not be scored (unreadable files), each with the reason; they are retried by a re-run."""
-    import torch
+    """Score every generated image not yet in the output CSV (in this process, or shared by the processes of a
+    ``torchrun`` / ``accelerate launch`` run); write the CSV and the summary. Its ``failed`` list holds the images
+    that could not be scored (unreadable files), each with the reason; a re-run skips them unless --retry-failed."""
+    from ..models.runs.ranks import join_ranks
 
-    from ..models.precision import parse_device
+    ranks = join_ranks()
+    try:
+        return _evaluate(args, ranks)
+    finally:
+        ranks.close()
+
+
+def _evaluate(args: argparse.Namespace, ranks) -> dict:
     from ..models.networks.sam import load_sam
-    from .common import ensure_output_dir
+    from ..models.precision import parse_device
+    from ..models.runs.journal import Journal
+    from ..models.runs.ranks import device_name
+    from .common import ensure_output_dir, run_shared_part
 
     # everything cheap first: the SAM file, the inputs, the device and the output folder, before any model loads
     sam_path = resolve_sam(args.sam)
     rows = collect_rows(args)
-    device = parse_device(args.device)
+    device = parse_device(device_name(args.device, ranks))
     ensure_output_dir(args.output, "--output folder")
-
+    journal = Journal(args.output, "evaluate")
+    if args.dry_run:  # what the folder holds; no model loaded, so the settings are not compared
+        state = read_output_state(args.output, journal)
+        return _dry_run(ranks, rows, *_plan(rows, state, args), state)
     loaded = load_sam(sam_path)
-    model = loaded.model.to(device)
     settings = _settings(args, sam_path, loaded.variant)
-    done = _open_output(args, settings)
+    state = _open_output(args, settings, journal, ranks)
+    todo, skipped = _plan(rows, state, args)
     fields = _csv_fields(args)
-    todo = _start_csv(os.path.join(args.output, CSV_NAME), fields, done, rows)
+    run_shared_part(ranks, journal, todo, key=lambda r: r["mask"], record_key=_record_key, total=len(todo),
+                    unit="image", desc="evaluate", args=args,
+                    make_runner=lambda mine, progress: _runner(args, loaded, device, progress))
+    if not ranks.is_main:
+        return {}
+    return _merge(args, settings, state, journal, fields, len(rows) - len(todo) - len(skipped), skipped)
 
-    salient = None
-    if args.salient_checkpoint:
-        from ..models.networks.salient import load_salient_model
 
-        salient = load_salient_model(args.salient_checkpoint, mode=args.salient_mode, device=device, dtype=torch.float32)
-    failed = _score_rows(todo, len(rows), model, salient, args, fields)
-    return _write_summary(args, settings, failed)
+def _record_key(row: dict) -> str:
+    import hashlib
+
+    return hashlib.sha1(row["generated"].encode("utf-8")).hexdigest()[:20]
+
+
+@dataclass
+class OutputState:
+    """What ``--output`` holds: scored rows (the CSV's complete rows and unmerged records) and failed images."""
+
+    done: dict  # generated path -> row
+    failed: dict  # generated path -> {generated, mask, reason}
+
+
+def _fold_records(state: OutputState, records: dict) -> None:
+    for _, record in sorted(records.items()):
+        if "failed" in record:
+            state.failed[record["generated"]] = {"generated": record["generated"], "mask": record["mask"],
+                                                 "reason": record["failed"]}
+        else:
+            state.failed.pop(record["generated"], None)
+            state.done[record["generated"]] = record
+
+
+def _plan(rows: list[dict], state: OutputState, args) -> tuple[list[dict], list[dict]]:
+    """(rows to score, rows skipped as failed before); the rows of one mask adjacent (its prompts are reused)."""
+    left = [r for r in rows if r["generated"] not in state.done]
+    skipped = [r for r in left if r["generated"] in state.failed and not args.retry_failed]
+    todo = sorted((r for r in left if args.retry_failed or r["generated"] not in state.failed), key=lambda r: r["mask"])
+    if len(rows) - len(left):
+        log.info("resuming: %d of %d images already scored in %s", len(rows) - len(left), len(rows), args.output)
+    return todo, skipped
+
+
+def _dry_run(ranks, rows, todo, skipped, state) -> dict:
+    if ranks.is_main:
+        planned, skipping = {r["generated"] for r in todo}, {r["generated"] for r in skipped}
+        for row in sorted(rows, key=lambda r: r["generated"]):
+            g = row["generated"]
+            status = ("to do" if g in planned else
+                      f"failed before, skipped (--retry-failed): {state.failed[g]['reason']}" if g in skipping else "done")
+            print(f"{row['id']}\t{g}\t{status}")
+        print(f"dry run: {len(rows)} image(s); {len(todo)} to do, {len(rows) - len(todo) - len(skipped)} done, "
+              f"{len(skipped)} failed before (skipped)")
+    return {}
 
 
 def collect_rows(args: argparse.Namespace) -> list[dict]:
@@ -359,15 +401,20 @@ def _settings(args: argparse.Namespace, sam_path: str, sam_variant: str) -> dict
     }
 
 
-def _open_output(args: argparse.Namespace, settings: dict) -> list[dict]:
-    """Start afresh (--overwrite) or resume: refuse a folder holding a run with other settings; record ours.
-    Returns the rows already scored."""
+def _open_output(args: argparse.Namespace, settings: dict, journal, ranks) -> OutputState:
+    """Start afresh (--overwrite: the main process clears the folder) or resume: refuse a folder holding a run with
+    other settings; record ours. Returns what is already scored or failed."""
+    from ..models.runs.atomic import write_json_atomically
+
     if args.overwrite:
-        for name in (CSV_NAME, SUMMARY_NAME, SETTINGS_NAME):
-            if os.path.exists(os.path.join(args.output, name)):
-                os.remove(os.path.join(args.output, name))
+        if ranks.is_main:
+            for name in (CSV_NAME, SUMMARY_NAME, SETTINGS_NAME):
+                if os.path.exists(os.path.join(args.output, name)):
+                    os.remove(os.path.join(args.output, name))
+            journal.consume(journal.pending())
+            write_json_atomically(os.path.join(args.output, SETTINGS_NAME), settings)
+        return OutputState({}, {})
     settings_path = os.path.join(args.output, SETTINGS_NAME)
-    done = read_results(os.path.join(args.output, CSV_NAME))
     if os.path.isfile(settings_path):
         with open(settings_path, encoding="utf-8") as fh:
             previous = json.load(fh)
@@ -376,9 +423,27 @@ def _open_output(args: argparse.Namespace, settings: dict) -> list[dict]:
             raise UserFacingError(
                 f"{args.output!r} holds a run with other settings ({', '.join(changed)}): resume with the same "
                 "options, choose another --output, or pass --overwrite to start again")
-    with open(settings_path, "w", encoding="utf-8") as fh:
-        json.dump(settings, fh, indent=2)
-    return done
+    elif ranks.is_main:
+        write_json_atomically(settings_path, settings)
+    return read_output_state(args.output, journal)
+
+
+def read_output_state(output: str, journal) -> OutputState:
+    """The complete rows of the CSV (a row cut short by an interruption is dropped), the failures the summary lists,
+    and the records a stopped run did not merge."""
+    state = OutputState({r["generated"]: r for r in read_results(os.path.join(output, CSV_NAME))}, {})
+    summary_path = os.path.join(output, SUMMARY_NAME)
+    if os.path.isfile(summary_path):
+        try:
+            with open(summary_path, encoding="utf-8") as fh:
+                failed = json.load(fh).get("failed", [])
+        except (OSError, json.JSONDecodeError, AttributeError):
+            failed = []
+        state.failed = {f["generated"]: f for f in failed if isinstance(f, dict) and "generated" in f}
+    _fold_records(state, journal.pending())
+    for generated in state.done:
+        state.failed.pop(generated, None)
+    return state
 
 
 def _csv_fields(args: argparse.Namespace) -> list[str]:
@@ -388,57 +453,53 @@ def _csv_fields(args: argparse.Namespace) -> list[str]:
     return fields + ["seconds"]
 
 
-def _start_csv(csv_path: str, fields: list[str], done: list[dict], rows: list[dict]) -> list[dict]:
-    """Rewrite the CSV with its complete rows only (drops a row cut short by an interruption); return the rows
-    still to score, those of one mask adjacent."""
-    done_keys = {r["generated"] for r in done}
-    todo = sorted((r for r in rows if r["generated"] not in done_keys), key=lambda r: r["mask"])  # stable
-    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(done)
-    if done:
-        log.info("resuming: %d of %d images already scored in %s", len(rows) - len(todo), len(rows), csv_path)
-    return todo
+class ScoreRunner:
+    """The steps :func:`models.runs.engine.run_items` calls per generated image: read it and its mask, score it."""
 
+    def __init__(self, model, salient, args, progress):
+        self.model, self.salient, self.args, self.progress = model, salient, args, progress
+        self._mask_path, self._prompt_cache = None, {}
 
-def _score_rows(todo: list[dict], total: int, model, salient, args: argparse.Namespace, fields: list[str]) -> list[dict]:
-    """Score ``todo`` into the CSV, one flushed row per image; an unreadable image or mask is logged, skipped and
-    returned (with the reason) instead of stopping the batch."""
-    from ..models.scoring.expansion import score_expansion, signed_salient_change
+    @staticmethod
+    def load(row: dict):
+        return _read_item(load_mask, row["mask"], "mask"), _read_item(load_image, row["generated"], "generated image")
 
-    bar = _progress(total, total - len(todo), args.no_progress)
-    mask_cache: dict = {}
-    prompt_cache: dict = {}
-    failed = []
-    with open(os.path.join(args.output, CSV_NAME), "a", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        for row in todo:
+    def compute(self, ready: list) -> list:
+        from ..models.scoring.expansion import score_expansion, signed_salient_change
+
+        results = []
+        for row, (mask, image) in ready:
             start = time.perf_counter()
-            try:
-                if row["mask"] not in mask_cache:
-                    mask_cache.clear()  # rows of one mask are adjacent (sorted); keep one mask and its prompts
-                    prompt_cache.clear()
-                    mask_cache[row["mask"]] = _read_item(load_mask, row["mask"], "mask")
-                mask = mask_cache[row["mask"]]
-                image = _read_item(load_image, row["generated"], "generated image")
-                result = score_expansion(model, image, mask, points=args.points, seed=args.seed,
-                                         mask_choice=args.mask_choice, prompt_cache=prompt_cache)
-            except InputError as exc:
-                log.error("skipped %s: %s", row["generated"], exc)
-                failed.append({"generated": row["generated"], "mask": row["mask"], "reason": str(exc)})
-                bar.update(1)
-                continue
+            if row["mask"] != self._mask_path:  # rows of one mask are adjacent: keep its prompts meanwhile
+                self._mask_path, self._prompt_cache = row["mask"], {}
+            result = score_expansion(self.model, image, mask, points=self.args.points, seed=self.args.seed,
+                                     mask_choice=self.args.mask_choice, prompt_cache=self._prompt_cache)
             record = dict(row, **result.scores[0].as_dict())
-            if salient is not None:
-                maps = salient.predict(image, resize="dynamic").maps.float().cpu()
+            if self.salient is not None:
+                maps = self.salient.predict(image, resize="dynamic").maps.float().cpu()
                 record["salient_signed"] = signed_salient_change(mask, maps)[0]
             record["seconds"] = round(time.perf_counter() - start, 3)
-            writer.writerow({k: _fmt(v) for k, v in record.items()})
-            fh.flush()
-            bar.update(1)
-    bar.close()
-    return failed
+            results.append({k: _fmt(v) for k, v in record.items()})
+        return results
+
+    def save(self, row: dict, record: dict) -> dict:
+        self.progress.advance(1)
+        return record
+
+    def failure_record(self, row: dict, reason: str) -> dict:
+        self.progress.advance(1)
+        return {"generated": row["generated"], "mask": row["mask"], "failed": reason}
+
+
+def _runner(args, loaded_sam, device, progress) -> ScoreRunner:
+    import torch
+
+    salient = None
+    if args.salient_checkpoint:
+        from ..models.networks.salient import load_salient_model
+
+        salient = load_salient_model(args.salient_checkpoint, mode=args.salient_mode, device=device, dtype=torch.float32)
+    return ScoreRunner(loaded_sam.model.to(device), salient, args, progress)
 
 
 def _read_item(loader, path: str, what: str):
@@ -449,12 +510,38 @@ def _read_item(loader, path: str, what: str):
         raise InputError(f"cannot read the {what} {path} ({exc})") from None
 
 
-def _write_summary(args: argparse.Namespace, settings: dict, failed: list[dict]) -> dict:
-    summary = summarise(read_results(os.path.join(args.output, CSV_NAME)), args.threshold, settings)
+def _merge(args, settings: dict, state: OutputState, journal, fields: list[str], already: int, skipped: list) -> dict:
+    """The main process, once every process is done: the CSV (sorted by generated image) and the summary, written
+    atomically from what was scored before and the new records; then the records go."""
+    from ..models.runs.atomic import write_atomically, write_json_atomically
+    from .common import report_failures
+
+    records = journal.pending()
+    new_failures = sum("failed" in r for r in records.values())
+    _fold_records(state, records)
+    rows = [state.done[g] for g in sorted(state.done)]
+
+    def write_csv(tmp):
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_atomically(os.path.join(args.output, CSV_NAME), write_csv)
+    failed = [state.failed[g] for g in sorted(state.failed)]
+    summary = summarise(rows, args.threshold, settings)
     if failed:
         summary["failed"] = failed
-    with open(os.path.join(args.output, SUMMARY_NAME), "w", encoding="utf-8") as fh:
-        json.dump(summary, fh, indent=2)
+    write_json_atomically(os.path.join(args.output, SUMMARY_NAME), summary)
+    journal.consume(records)
+    _print_summary(summary, args)
+    print(f"evaluate: {len(records) - new_failures} scored, {already} already scored, {len(failed)} failed")
+    report_failures("evaluate", {f["generated"]: dict(f, source=f["generated"]) for f in failed},
+                    [r["generated"] for r in skipped])
+    return summary
+
+
+def _print_summary(summary: dict, args) -> None:
     rel = summary.get("expansion_relative", {})
     if rel.get("mean") is not None:
         print(f"{summary['images']} images: mean expansion {100 * rel['mean']:.2f} % of the object "
@@ -462,7 +549,6 @@ def _write_summary(args: argparse.Namespace, settings: dict, failed: list[dict])
               f"{100 * args.threshold:g} %; {rel['undefined']} undefined. Results in {args.output}")
     else:
         print(f"{summary['images']} images, no defined score. Results in {args.output}")
-    if failed:
-        print(f"{len(failed)} image(s) could not be scored (listed with the reason under 'failed' in "
-              f"{os.path.join(args.output, SUMMARY_NAME)}); a re-run retries them", file=sys.stderr)
-    return summary
+    if summary.get("failed"):
+        print(f"{len(summary['failed'])} image(s) could not be scored (listed with the reason under 'failed' in "
+              f"{os.path.join(args.output, SUMMARY_NAME)})", file=sys.stderr)

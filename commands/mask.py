@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import logging
 import os
+from dataclasses import dataclass
 from typing import Optional
 
 from ..models.errors import InputError
 from ..models.runs.item_ids import assign_ids, base_name, colliding_groups
-from .common import ensure_output_dir
-from .files import IMAGE_SUFFIXES, FoundImage, find_images, save_image_atomically
+from .common import add_run_options, check_run_options, ensure_output_dir, report_failures, run_shared_part
+from .files import (IMAGE_SUFFIXES, FoundImage, find_images, save_image_atomically, write_atomically,
+                    write_json_atomically)
 
 log = logging.getLogger("salient_background")
 
@@ -35,6 +39,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
     parser.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
                         help="auto = fp16 on CUDA, fp32 otherwise")
+    parser.add_argument("--overwrite", action="store_true", help="redo masks already made (even with other settings)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -65,38 +72,239 @@ def _unique(images: list[FoundImage]) -> list[FoundImage]:
     return unique
 
 
-def run(args: argparse.Namespace) -> int:
-    from PIL import Image
+# ---------------------------------------------------------------------------------------------- what is done
+MANIFEST_JSON, MANIFEST_CSV = "mask_manifest.json", "mask_manifest.csv"
+CSV_FIELDS = ["id", "source", "mask", "cutout", "note"]
+NO_OBJECT_NOTE = "no salient object found: the mask is empty"
 
-    from ..models.imaging import image_ops
+
+@dataclass
+class MaskWork:
+    """One photo: where its mask and cut-out go (``folder``, ``id``)."""
+
+    found: FoundImage
+    folder: str
+    id: str
+
+    @property
+    def source(self) -> str:
+        return os.path.abspath(self.found.path)
+
+    @property
+    def key(self) -> str:  # ownership: one process per output file
+        return os.path.join(self.folder, self.id)
+
+
+def run_settings(args, dtype) -> dict:
+    """What changes the pixels of a mask and cut-out."""
+    return {"checkpoint": os.path.abspath(args.checkpoint), "mode": args.mode, "resize": args.resize,
+            "binary": args.binary, "precision": str(dtype).replace("torch.", "")}
+
+
+def read_folder_state(folder: str, journal) -> tuple[dict, dict]:
+    """(rows by id, failures by id) of ``folder``'s mask manifest and of records not merged yet."""
+    path = os.path.join(folder, MANIFEST_JSON)
+    data = {}
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"cannot read {path!r} ({exc}): remove that file, or choose another --output-dir") from exc
+    data = data if isinstance(data, dict) else {}
+    rows = {r["id"]: r for r in data.get("rows", []) if isinstance(r, dict) and "id" in r}
+    failed = {f["id"]: f for f in data.get("failed", []) if isinstance(f, dict) and "id" in f}
+    fold_records(rows, failed, journal.pending())
+    return rows, failed
+
+
+def fold_records(rows: dict, failed: dict, records: dict) -> None:
+    for _, record in sorted(records.items()):
+        if "failed" in record:
+            rows.pop(record["id"], None)
+            failed[record["id"]] = {"id": record["id"], "source": record["source"], "reason": record["failed"]}
+        else:
+            failed.pop(record["id"], None)
+            rows[record["id"]] = record
+
+
+def write_folder_manifest(folder: str, rows: dict, failed: dict, settings: dict) -> None:
+    """``mask_manifest.json`` (rows with their settings, failures with the reason) and ``mask_manifest.csv``, sorted."""
+    table = [rows[k] for k in sorted(rows)]
+
+    def write_csv(tmp):
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(table)
+
+    write_atomically(os.path.join(folder, MANIFEST_CSV), write_csv)
+    meta = {"settings": settings if all(r["settings"] == settings for r in table) else None, "rows": table}
+    if failed:
+        meta["failed"] = [failed[k] for k in sorted(failed)]
+    write_json_atomically(os.path.join(folder, MANIFEST_JSON), meta)
+
+
+def plan(works: list[MaskWork], states: dict, settings: dict, args) -> tuple[list[MaskWork], list[MaskWork], list[MaskWork]]:
+    """(to do, done, skipped as failed before). A mask made with other settings is refused unless --overwrite."""
+    todo, done, skipped, differing = [], [], [], {}
+    for work in works:
+        rows, failed = states[work.folder]
+        row = rows.get(work.id)
+        files = [os.path.join(work.folder, work.id + end) for end in ("_mask.png", "_cutout.png")]
+        present = all(os.path.isfile(f) for f in files)
+        if row is not None and present and row.get("source") == work.source and not args.overwrite:
+            if row.get("settings") == settings:
+                done.append(work)
+                continue
+            for key in sorted(k for k in set(row["settings"]) | set(settings) if row["settings"].get(k) != settings.get(k)):
+                differing.setdefault(key, files[0])
+        if work.id in failed and not args.retry_failed and not args.overwrite:
+            skipped.append(work)
+            continue
+        todo.append(work)
+    if differing:
+        raise InputError(f"masks made with other settings are there ({', '.join(sorted(differing))}; e.g. "
+                         f"{differing[min(differing)]!r}): run with the same options, choose another --output-dir, or "
+                         "pass --overwrite to redo them")
+    return todo, done, skipped
+
+
+# ---------------------------------------------------------------------------------------------- doing it
+class MaskRunner:
+    """The steps :func:`models.runs.engine.run_items` calls: read a photo, find its object, write the two files."""
+
+    def __init__(self, model, args, settings: dict, progress):
+        self.model, self.args, self.settings, self.progress = model, args, settings, progress
+
+    @staticmethod
+    def load(work: MaskWork):
+        from PIL import Image
+
+        from ..models.imaging import image_ops
+        from ..models.runs.engine import ItemFailed
+
+        try:
+            with Image.open(work.found.path) as pil:
+                pil.load()
+                return image_ops.pil_to_image(pil)[0]
+        except (OSError, ValueError) as exc:
+            raise ItemFailed(f"cannot read it as an image ({exc})") from None
+
+    def compute(self, ready: list) -> list:
+        """Masks of the photos; photos of one size go through the model together."""
+        import torch
+
+        by_size: dict = {}
+        for index, (_, image) in enumerate(ready):
+            by_size.setdefault(tuple(image.shape), []).append(index)
+        results: list = [None] * len(ready)
+        for indices in by_size.values():
+            images = torch.cat([ready[i][1] for i in indices])
+            prediction = self.model.predict(images, resize=self.args.resize)
+            for k, i in enumerate(indices):
+                mask = prediction.maps[k].float().cpu()
+                results[i] = (ready[i][1], (mask >= 0.5).float() if self.args.binary else mask, bool(prediction.empty[k]))
+        return results
+
+    def save(self, work: MaskWork, result) -> dict:
+        from ..models.imaging import image_ops
+
+        image, mask, empty = result
+        mask_path, cutout_path = (os.path.join(work.folder, work.id + end) for end in ("_mask.png", "_cutout.png"))
+        save_image_atomically(image_ops.mask_to_pil(mask), mask_path)
+        save_image_atomically(image_ops.cutout_rgba(image[0], mask), cutout_path)
+        self.progress.advance(1)
+        note = f" ({NO_OBJECT_NOTE})" if empty else ""
+        print(f"{work.found.path} -> {mask_path}, {cutout_path}{note}")
+        record = {"id": work.id, "source": work.source, "mask": os.path.basename(mask_path),
+                  "cutout": os.path.basename(cutout_path), "settings": self.settings}
+        if empty:
+            record["note"] = NO_OBJECT_NOTE
+        return record
+
+    def failure_record(self, work: MaskWork, reason: str) -> dict:
+        self.progress.advance(1)
+        return {"id": work.id, "source": work.source, "failed": reason}
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..models.runs.ranks import join_ranks
+
+    check_run_options(args)
+    ranks = join_ranks()
+    try:
+        return _run(args, ranks)
+    finally:
+        ranks.close()
+
+
+def _run(args: argparse.Namespace, ranks) -> int:
     from ..models.precision import parse_device, resolve_dtype
-    from ..models.networks.salient import load_salient_model
+    from ..models.runs.journal import Journal
+    from ..models.runs.ranks import device_name
 
     images = _unique(find_images(args.inputs))
     if not images:
         raise InputError(f"no images found in {args.inputs} (looked for {', '.join(IMAGE_SUFFIXES)})")
-    device = parse_device(args.device)
+    device = parse_device(device_name(args.device, ranks))
     dtype = resolve_dtype(args.precision, device)
     output_dir = ensure_output_dir(args.output_dir) if args.output_dir else None
-    outputs = output_paths(images, output_dir)
-    model = load_salient_model(args.checkpoint, mode=args.mode, device=device, dtype=dtype)
-    failures = 0
-    for index, (found, (mask_path, cutout_path)) in enumerate(zip(images, outputs), 1):
-        path = found.path
-        try:
-            with Image.open(path) as pil:
-                pil.load()
-                image, _ = image_ops.pil_to_image(pil)
-        except (OSError, ValueError) as exc:
-            log.error("[%d/%d] skipped %s: cannot read it as an image (%s)", index, len(images), path, exc)
-            failures += 1
-            continue
-        prediction = model.predict(image, resize=args.resize)
-        mask = prediction.maps[0].float().cpu()
-        if args.binary:
-            mask = (mask >= 0.5).float()
-        save_image_atomically(image_ops.mask_to_pil(mask), mask_path)
-        save_image_atomically(image_ops.cutout_rgba(image[0], mask), cutout_path)
-        note = " (no salient object: empty mask)" if prediction.empty[0] else ""
-        print(f"[{index}/{len(images)}] {path} -> {mask_path}, {cutout_path}{note}")
+    works = [MaskWork(im, os.path.dirname(mask_path), os.path.basename(mask_path)[: -len("_mask.png")])
+             for im, (mask_path, _) in zip(images, output_paths(images, output_dir))]
+    settings = run_settings(args, dtype)
+    journals = {folder: Journal(folder, "mask") for folder in sorted({w.folder for w in works})}
+    states = {folder: read_folder_state(folder, journal) for folder, journal in journals.items()}
+    todo, done, skipped = plan(works, states, settings, args)
+    if args.dry_run:
+        return _dry_run(ranks, works, todo, skipped, states)
+    # one journal holds the progress counters; each folder's records stay in that folder
+    counter = journals[min(journals)]
+    run_shared_part(ranks, counter, todo, key=lambda w: w.key, total=len(todo), unit="image", desc="mask", args=args,
+                    make_runner=lambda mine, progress: _runner(args, settings, device, dtype, progress),
+                    journal_for=lambda w: journals[w.folder], record_key=lambda w: w.id)
+    if not ranks.is_main:
+        return 0
+    failed_now = _merge(journals, states, settings)
+    failures = {f"{folder}/{k}": v for folder, (_, failed) in states.items() for k, v in failed.items()}
+    print(f"mask: {len(todo) - failed_now} done, {len(done)} already done, {failed_now} failed")
+    report_failures("mask", failures, [w.id for w in skipped])
     return 1 if failures else 0
+
+
+def _runner(args, settings, device, dtype, progress) -> MaskRunner:
+    from ..models.networks.salient import load_salient_model
+
+    return MaskRunner(load_salient_model(args.checkpoint, mode=args.mode, device=device, dtype=dtype), args, settings,
+                      progress)
+
+
+def _merge(journals: dict, states: dict, settings: dict) -> int:
+    """Fold each folder's new records into its manifest (main process, all processes done); the failures now."""
+    failed_now = 0
+    for folder, journal in journals.items():
+        records = journal.pending()
+        rows, failed = states[folder]
+        failed_now += sum("failed" in r for r in records.values())
+        fold_records(rows, failed, records)
+        if records or not os.path.isfile(os.path.join(folder, MANIFEST_JSON)):
+            write_folder_manifest(folder, rows, failed, settings)
+        journal.consume(records)
+    return failed_now
+
+
+def _dry_run(ranks, works, todo, skipped, states) -> int:
+    if not ranks.is_main:
+        return 0
+    planned, skipping = {id(w) for w in todo}, {id(w) for w in skipped}
+    for work in works:
+        if id(work) in planned:
+            status = "to do"
+        elif id(work) in skipping:
+            status = f"failed before, skipped (--retry-failed): {states[work.folder][1][work.id]['reason']}"
+        else:
+            status = "done"
+        print(f"{work.key}\t{work.found.path}\t{status}")
+    print(f"dry run: {len(works)} image(s); {len(todo)} to do, {len(works) - len(todo) - len(skipped)} done, "
+          f"{len(skipped)} failed before (skipped)")
+    return 0

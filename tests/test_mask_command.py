@@ -48,18 +48,18 @@ def test_inputs_sharing_a_file_name_do_not_overwrite_each_other(tmp_path, stub_s
     _photo(photos / "y.png", 30)
     out = tmp_path / "out"
     assert _mask(photos, "--output-dir", out) == 0
-    names = sorted(os.listdir(out))
+    names = sorted(n for n in os.listdir(out) if n.endswith(".png"))  # beside them: mask_manifest.csv/.json
     assert names == ["a__x_cutout.png", "a__x_mask.png", "b__x_cutout.png", "b__x_mask.png", "y_cutout.png", "y_mask.png"]
     assert np.asarray(Image.open(out / "a__x_mask.png")).max() == 10 and np.asarray(Image.open(out / "b__x_mask.png")).max() == 20
     # two files with one name given on their own: a suffix from the path, the same whatever the order
     single = tmp_path / "single"
     assert _mask(photos / "b" / "x.png", photos / "a" / "x.png", "--output-dir", single) == 0
-    first = sorted(os.listdir(single))
+    first = sorted(n for n in os.listdir(single) if n.endswith(".png"))
     assert len(first) == 4 and all(n.startswith("x+") for n in first)
     for name in os.listdir(single):
         os.remove(single / name)
     assert _mask(photos / "a" / "x.png", photos / "b" / "x.png", "--output-dir", single) == 0
-    assert sorted(os.listdir(single)) == first
+    assert sorted(n for n in os.listdir(single) if n.endswith(".png")) == first
     assert not [n for n in os.listdir(out) + os.listdir(single) if n.endswith(".tmp")]
 
 
