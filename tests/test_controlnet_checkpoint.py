@@ -100,9 +100,9 @@ def test_diffusers_model_built_from_any_form_matches_the_saved_model(tiny_sd):
 # ---------------------------------------------------------------------------------------------- errors
 def test_errors_say_what_was_found(tiny_sd, tmp_path):
     truth = tiny_sd.controlnet_state_dict()
-    # SD2 width is required by default: the tiny model's 32 is reported
+    # a width asked for (SD2's) is checked: the tiny model's 32 is reported
     with pytest.raises(CheckpointError, match="cross-attention width is 32, expected 1024"):
-        load_controlnet_state_dict(tiny_sd.controlnet_dir)
+        load_controlnet_state_dict(tiny_sd.controlnet_dir, cross_attention_dim=1024)
     # a 4-channel (text-to-image) ControlNet
     four = dict(truth)
     four["conv_in.weight"] = truth["conv_in.weight"][:, :4].clone()

@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from ..models.generation.text_encoding import embed_token_ids, tokenize
+from ..models.generation.bases import DEFAULT_BASE
+from ..models.generation.text_encoding import embed_token_ids, embed_token_ids_xl, tokenize
 from . import data as tdata
 
 log = logging.getLogger("salient_background")
@@ -26,44 +27,75 @@ LATENT_CACHE_DIR = "latent_cache"
 LATENT_CACHE_CONFIG = "cache_config.json"
 
 
+def as_list(value) -> list:
+    """SDXL's (text encoders | tokenizers) are a list; the other bases' single one becomes a list of one."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 class TextEmbeddingCache:
     """Text embeddings of every distinct caption of the dataset (and ""), computed once with the frozen text encoder,
     which can then leave memory. The encoder is frozen, so this changes nothing but time and memory; it suits datasets
-    whose distinct captions fit in memory (77 x width floats each: ~315 kB at SD2's 1024 in fp32)."""
+    whose distinct captions fit in memory (77 x width floats each: ~315 kB at SD2's 1024 in fp32).
+
+    With SDXL's two encoders (``text_encoder`` and ``tokenizer`` given as lists) the table holds the concatenated
+    context and :attr:`pooled` the pooled embeddings, both as :func:`embed_token_ids_xl` computes them."""
 
     def __init__(self, text_encoder, tokenizer, captions, device, dtype, batch_size: int = 32):
         texts = sorted(set(captions) | {""})
         self.index = {t: i for i, t in enumerate(texts)}
-        chunks = []
+        xl = isinstance(text_encoder, (list, tuple))
+        chunks, pooled = [], []
         with torch.no_grad():
             for start in range(0, len(texts), batch_size):
-                ids = tokenize(tokenizer, texts[start:start + batch_size]).input_ids.to(device)
+                batch = texts[start:start + batch_size]
+                if xl:
+                    ids = [tokenize(t, batch).input_ids.to(device) for t in tokenizer]
+                    context, pool = embed_token_ids_xl(text_encoder, ids)
+                    chunks.append(context.to(dtype))
+                    pooled.append(pool.to(dtype))
+                    continue
+                ids = tokenize(tokenizer, batch).input_ids.to(device)
                 # the ids alone, as the per-step path sees them (the batch carries no attention mask)
                 chunks.append(embed_token_ids(text_encoder, ids).to(dtype))
         self.table = torch.cat(chunks)
+        self.pooled = torch.cat(pooled) if xl else None
 
     @staticmethod
     def table_bytes(text_encoder, captions, dtype) -> int:
         distinct = len(set(captions) | {""})
-        return distinct * text_encoder.config.max_position_embeddings * text_encoder.config.hidden_size * \
-            torch.finfo(dtype).bits // 8
+        encoders = as_list(text_encoder)
+        width = sum(e.config.hidden_size for e in encoders) + (encoders[-1].config.projection_dim if len(encoders) > 1 else 0)
+        return distinct * encoders[0].config.max_position_embeddings * width * torch.finfo(dtype).bits // 8
 
     @staticmethod
     def worthwhile(text_encoder, captions, dtype) -> bool:
-        """Whether the table is smaller than the encoder it replaces (~4000 distinct captions for SD2 in fp32)."""
-        encoder_bytes = sum(p.numel() * p.element_size() for p in text_encoder.parameters())
+        """Whether the table is smaller than the encoder(s) it replaces (~4000 distinct captions for SD2 in fp32)."""
+        encoder_bytes = sum(p.numel() * p.element_size() for e in as_list(text_encoder) for p in e.parameters())
         return TextEmbeddingCache.table_bytes(text_encoder, captions, dtype) <= encoder_bytes
 
+    def _rows(self, captions) -> torch.Tensor:
+        return torch.tensor([self.index[c] for c in captions], device=self.table.device)
+
     def lookup(self, captions) -> torch.Tensor:
-        return self.table[torch.tensor([self.index[c] for c in captions], device=self.table.device)]
+        return self.table[self._rows(captions)]
+
+    def lookup_pooled(self, captions) -> torch.Tensor:
+        """SDXL: the pooled embeddings of ``captions``."""
+        return self.pooled[self._rows(captions)]
 
 
 def _latent_cache_signature(config, dataset) -> dict:
     """What the cached latents depend on; a cache made for another signature is rebuilt."""
     cfg = dataset.config
-    return {"resolution": cfg.resolution, "resize_to": cfg.resize_to, "crops": cfg.latent_cache_crops,
-            "seed": cfg.seed, "rows": len(dataset), "base_model": os.path.abspath(config.base_model),
-            "first_row": dataset.rows[0]["image"], "last_row": dataset.rows[-1]["image"]}
+    signature = {"resolution": cfg.resolution, "resize_to": cfg.resize_to, "crops": cfg.latent_cache_crops,
+                 "seed": cfg.seed, "rows": len(dataset), "base_model": os.path.abspath(config.base_model),
+                 "first_row": dataset.rows[0]["image"], "last_row": dataset.rows[-1]["image"]}
+    # recorded only when they differ from SD2 without a separate VAE, so SD2 caches of earlier versions stay valid
+    if config.base and config.base != DEFAULT_BASE:
+        signature["base"] = config.base
+    if config.vae:
+        signature["vae"] = os.path.abspath(config.vae)
+    return signature
 
 
 def _open_latent_cache(config, dataset, accelerator) -> str:
@@ -84,12 +116,15 @@ def _open_latent_cache(config, dataset, accelerator) -> str:
 
 
 def _encode_row(dataset, index: int, vae, device, weight_dtype) -> dict:
-    """The VAE posteriors (mean, std) of the photo and of the masked photo for every cached crop of one row."""
+    """The VAE posteriors (mean, std) of the photo and of the masked photo for every cached crop of one row (and,
+    for SDXL, each crop's time ids: original size and crop offset)."""
     from ..models.generation.inpaint_inputs import build_inpaint_inputs
 
-    out = {k: [] for k in tdata.LATENT_KEYS}
+    out = {k: [] for k in tdata.LATENT_KEYS + (("time_ids",) if dataset.config.time_ids else ())}
     for crop in range(dataset.config.latent_cache_crops):
-        image, mask = dataset.load_crop(index, dataset.cache_crop_rng(index, crop))
+        image, mask, time_ids = dataset.load_crop_with_geometry(index, dataset.cache_crop_rng(index, crop))
+        if dataset.config.time_ids:
+            out["time_ids"].append(time_ids)
         inputs = build_inpaint_inputs(image[None], mask[None], layout="BCHW")
         for prefix, pixels in (("latent", image[None] * 2.0 - 1.0), ("masked", inputs.masked_image)):
             posterior = vae.encode(pixels.to(device, weight_dtype)).latent_dist

@@ -81,9 +81,19 @@ def run_prepare(args) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 _HELP = {
     "data": "manifest (.jsonl/.csv) or the dataset folder from `prepare`",
-    "base_model": "local SD2-inpainting diffusers folder (stabilityai/stable-diffusion-2-inpainting)",
+    "base_model": "local diffusers folder of the inpainting model (SD2: stabilityai/stable-diffusion-2-inpainting, "
+                  "also its single file; SD1.5: stable-diffusion-v1-5/stable-diffusion-inpainting; SDXL: "
+                  "diffusers/stable-diffusion-xl-1.0-inpainting-0.1)",
+    "base": "the inpainting base: sd2-inpainting, sd15-inpainting or sdxl-inpainting; read from --base-model's "
+            "unet/config.json when not given (an error when they disagree)",
+    "vae": "a VAE folder to use instead of the base model's, e.g. an fp16-safe SDXL VAE (SDXL's own runs in fp32 "
+           "under --mixed-precision fp16)",
+    "resolution": "square training crop in pixels (default: the base's, 512; SDXL 1024)",
+    "resize_to": "short side of each photo before the crop (default: 768 for SD2/SD1.5 as the paper; SDXL: the "
+                 "resolution, with each crop's original size and offset given to the UNet as SDXL expects)",
     "output_dir": "where checkpoints, validation images, logs and the exported controlnet/ go",
-    "controlnet": "fine-tune from this ControlNet (folder, .safetensors, .pth); default: from_unet of the SI2 UNet",
+    "controlnet": "fine-tune from this ControlNet (folder, .safetensors, .pth; of the same base); default: from_unet "
+                  "of the base's UNet",
     "conditioning_channels": "conditioning-embedding widths of a new ControlNet (4 values; the paper: 16 32 96 256)",
     "learning_rate": "the reference's stated value 5e-6 (its code's intent may have been 1e-5)",
     "batch_size": "samples per process per micro-step (the reference: 4)",
@@ -130,8 +140,12 @@ def _add_train(subparsers) -> None:
         elif isinstance(default, (list, tuple)):
             kind = int if f.name == "conditioning_channels" else str
             p.add_argument(flag, nargs="+", type=kind, default=list(default), help=help_text)
-        elif f.name in ("max_train_steps", "checkpoints_total_limit", "stop_after_steps"):
+        elif f.name in ("max_train_steps", "checkpoints_total_limit", "stop_after_steps", "resolution", "resize_to"):
             p.add_argument(flag, type=int, default=default, help=help_text)
+        elif f.name == "base":
+            from ..models.generation.bases import BASES
+
+            p.add_argument(flag, choices=list(BASES), default=None, help=help_text)
         elif f.name == "num_train_epochs":
             p.add_argument(flag, type=float, default=default, help=help_text)
         elif f.name == "gradient_checkpointing":

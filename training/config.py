@@ -17,13 +17,15 @@ class TrainConfig:
     """Every trainer setting; the CLI maps one flag to each field (``--learning-rate`` -> ``learning_rate``)."""
 
     data: str = ""  # manifest (.jsonl/.csv) or the dataset folder holding one
-    base_model: str = ""  # local SD2-inpainting diffusers folder (or the photo-background-generation folder)
+    base_model: str = ""  # local inpainting diffusers folder (or the photo-background-generation folder, or SD2's single file)
+    base: Optional[str] = None  # sd2-inpainting, sd15-inpainting or sdxl-inpainting; None = read from base_model
+    vae: Optional[str] = None  # a VAE folder to use instead of the base's (e.g. an fp16-safe SDXL VAE)
     output_dir: str = "controlnet-training"
     controlnet: Optional[str] = None  # fine-tune from this checkpoint (any form the loader reads); None = from_unet
     conditioning_channels: tuple = PAPER_CONDITIONING_CHANNELS
     # data recipe
-    resolution: int = 512
-    resize_to: int = 768
+    resolution: Optional[int] = None  # None = the base's (512; SDXL 1024)
+    resize_to: Optional[int] = None  # short side before the crop; None = 768 for SD2/SD1.5 (the paper), SDXL the crop's
     empty_caption_prob: float = 0.1
     mask_aug_prob: float = 0.0
     mask_aug_max_blur: float = 8.0
@@ -84,6 +86,12 @@ class TrainConfig:
             raise InputError(f"gradient_checkpointing must be one of {', '.join(CHECKPOINTING_CHOICES)}, "
                              f"not {self.gradient_checkpointing!r}")
 
+    def for_base(self, base) -> "TrainConfig":
+        """This config with the base's name and the base's defaults filled in where the user gave none."""
+        resolution = self.resolution or base.resolution
+        resize_to = self.resize_to or max(resolution, base.train_resize_to or resolution)
+        return dataclasses.replace(self, base=base.name, resolution=resolution, resize_to=resize_to)
+
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["conditioning_channels"] = list(self.conditioning_channels)
@@ -93,8 +101,9 @@ class TrainConfig:
 def run_metadata(config: TrainConfig, step: int, rows: int, ema: bool) -> dict:
     """What the exported ControlNet records about the run that made it (``salient_controlnet.json``)."""
     return {
+        "base": config.base,
         "base_model": os.path.abspath(config.base_model),
-        "initialised_from": os.path.abspath(config.controlnet) if config.controlnet else "from_unet (SI2 UNet)",
+        "initialised_from": os.path.abspath(config.controlnet) if config.controlnet else "from_unet (the base's UNet)",
         "steps": step,
         "data": {"manifest": os.path.abspath(config.data), "rows": rows},
         "weights": "EMA" if ema else "raw",

@@ -164,6 +164,8 @@ class SampleConfig:
     latent_channels: int = 4
     vae_scale_factor: int = 8
     num_train_timesteps: int = 1000
+    # SDXL: each sample carries its time ids (original size, crop offset, target size) for the added conditioning
+    time_ids: bool = False
 
 
 def _seed_seq(*parts: int) -> np.random.SeedSequence:
@@ -192,6 +194,12 @@ class SalientTrainingDataset(torch.utils.data.Dataset):
     def load_crop(self, index: int, rng: Optional[np.random.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
         """(image [3,R,R] in [0,1], object_mask [R,R] in [0,1]) of row ``index``: short side -> resize_to, one shared
         crop (random with ``rng``, centred without)."""
+        image, mask, _ = self.load_crop_with_geometry(index, rng)
+        return image, mask
+
+    def load_crop_with_geometry(self, index: int, rng: Optional[np.random.Generator]):
+        """:meth:`load_crop` plus the crop's geometry as SDXL's time ids: (original height, original width, crop top,
+        crop left, R, R) -- the photo's size before the resize and the crop's offset in the resized photo."""
         from PIL import Image
 
         cfg = self.config
@@ -202,6 +210,7 @@ class SalientTrainingDataset(torch.utils.data.Dataset):
             mask = im.convert("L")
         if mask.size != image.size:
             mask = mask.resize(image.size, Image.BILINEAR)
+        original_w, original_h = image.size
         # the reference uses OpenCV's INTER_AREA; PIL's box filter is its equivalent when shrinking
         image = resize_short_side(image, cfg.resize_to, Image.BOX, Image.BICUBIC)
         mask = resize_short_side(mask, cfg.resize_to, Image.BOX, Image.BILINEAR)
@@ -213,7 +222,8 @@ class SalientTrainingDataset(torch.utils.data.Dataset):
             x, y = int(rng.integers(0, w - r + 1)), int(rng.integers(0, h - r + 1))
         image = torch.from_numpy(np.asarray(image.crop((x, y, x + r, y + r)), dtype=np.float32) / 255.0)
         mask = torch.from_numpy(np.asarray(mask.crop((x, y, x + r, y + r)), dtype=np.float32) / 255.0)
-        return image.permute(2, 0, 1).contiguous(), mask
+        time_ids = torch.tensor([original_h, original_w, y, x, r, r], dtype=torch.float32)
+        return image.permute(2, 0, 1).contiguous(), mask, time_ids
 
     def caption(self, index: int, rng: Optional[np.random.Generator]) -> str:
         captions = [c for c in self.rows[index].get("captions", []) if c]
@@ -232,10 +242,10 @@ class SalientTrainingDataset(torch.utils.data.Dataset):
         cached = None
         if cfg.latent_cache_dir:
             crop = int(rng.integers(cfg.latent_cache_crops))
-            image, object_mask = self.load_crop(index, self.cache_crop_rng(index, crop))
+            image, object_mask, time_ids = self.load_crop_with_geometry(index, self.cache_crop_rng(index, crop))
             cached = read_cached_latents(cfg.latent_cache_dir, index, crop)
         else:
-            image, object_mask = self.load_crop(index, None if cfg.center_crop else rng)
+            image, object_mask, time_ids = self.load_crop_with_geometry(index, None if cfg.center_crop else rng)
         caption = self.caption(index, rng)
         aug = ""
         if cfg.mask_aug_prob > 0 and rng.random() < cfg.mask_aug_prob:
@@ -260,11 +270,15 @@ class SalientTrainingDataset(torch.utils.data.Dataset):
             "position": position,
             "mask_aug": aug,
         }
+        if cfg.time_ids:
+            sample["time_ids"] = time_ids
         if cached is not None:
-            sample.update(cached)
+            sample.update(cached)  # with SDXL, the time ids the cached crop was recorded with
             del sample["pixel_values"], sample["masked_image"]  # the VAE is not run on them
-        if self.tokenizer is not None:
-            sample["input_ids"] = tokenize(self.tokenizer, [caption]).input_ids[0]
+        if self.tokenizer is not None:  # one tokenizer, or SDXL's two: input_ids, input_ids_2
+            tokenizers = self.tokenizer if isinstance(self.tokenizer, (list, tuple)) else [self.tokenizer]
+            for n, tokenizer in enumerate(tokenizers):
+                sample["input_ids" if n == 0 else f"input_ids_{n + 1}"] = tokenize(tokenizer, [caption]).input_ids[0]
         return sample
 
     def cache_crop_rng(self, index: int, crop: int) -> np.random.Generator:
@@ -280,11 +294,13 @@ def cached_latents_path(folder: str, index: int) -> str:
 
 
 def read_cached_latents(folder: str, index: int, crop: int) -> dict:
+    """The cached posteriors of one crop (and, for SDXL, its time ids)."""
     from safetensors import safe_open
 
     path = cached_latents_path(folder, index)
     with safe_open(path, "pt") as fh:
-        return {k: fh.get_slice(k)[crop] for k in LATENT_KEYS}
+        keys = LATENT_KEYS + (("time_ids",) if "time_ids" in fh.keys() else ())
+        return {k: fh.get_slice(k)[crop] for k in keys}
 
 
 def collate(samples: Sequence[dict]) -> dict:

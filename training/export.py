@@ -2,9 +2,10 @@
 
 Output folder: ``config.json`` + ``diffusion_pytorch_model.safetensors`` (fp32, or fp16 with ``fp16=True``) and
 ``salient_controlnet.json`` (base model, steps, data, recipe). This is the same form as the ``controlnet/`` folder of
-``yahoo-inc/photo-background-generation``; :func:`export_checkpoint` re-reads the result through
-:func:`models.controlnet_checkpoint.build_diffusers_controlnet` -- the loader node's code -- before returning, so a
-folder that would not load is never reported as exported.
+``yahoo-inc/photo-background-generation``, plus the base the ControlNet is for (``salient_base`` in ``config.json``
+and in the safetensors metadata). :func:`export_checkpoint` re-reads the result through
+:func:`models.controlnet_checkpoint.build_diffusers_controlnet` -- the loader node's code -- and checks its config
+against what ComfyUI can build before returning, so a folder that would not load is never reported as exported.
 
 Sources: a ``ControlNetModel`` in memory (the trainer's final export), or a trainer checkpoint folder
 (``<output_dir>/checkpoints/checkpoint-<step>``: accelerate's ``model.safetensors`` + our ``controlnet_config.json``,
@@ -14,12 +15,16 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 from typing import Mapping, Optional
 
 import torch
 
 from ..models.errors import CheckpointError
+from ..models.generation.bases import as_base
+
+log = logging.getLogger("salient_background")
 
 METADATA_FILE = "salient_controlnet.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
@@ -27,22 +32,32 @@ FORMAT_NAME = "salient_background ControlNet export v1"
 
 
 def export_controlnet(controlnet, folder: str, *, fp16: bool = False, state_dict: Optional[Mapping] = None,
-                      metadata: Optional[dict] = None) -> str:
-    """Write ``controlnet`` (or ``state_dict`` with its config, e.g. EMA weights) as a diffusers folder + metadata."""
+                      metadata: Optional[dict] = None, base=None) -> str:
+    """Write ``controlnet`` (or ``state_dict`` with its config, e.g. EMA weights) as a diffusers folder + metadata,
+    recording ``base`` (default: the one its weights show)."""
     os.makedirs(folder, exist_ok=True)
     state = state_dict if state_dict is not None else controlnet.state_dict()
     dtype = torch.float16 if fp16 else torch.float32
     tensors = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
                for k, v in state.items()}
     config = {k: v for k, v in dict(controlnet.config).items()}
-    _write_folder(folder, config, tensors, metadata or {}, fp16)
+    _write_folder(folder, config, tensors, metadata or {}, fp16, _base_name(base, tensors))
     return folder
 
 
-def _write_folder(folder: str, config: dict, tensors: dict, metadata: dict, fp16: bool) -> None:
+def _base_name(base, tensors: Mapping) -> str:
+    from ..models.networks.controlnet_checkpoint import base_from_weights
+
+    return as_base(base).name if base else base_from_weights(tensors).name
+
+
+def _write_folder(folder: str, config: dict, tensors: dict, metadata: dict, fp16: bool, base: str) -> None:
     from safetensors.torch import save_file
 
+    from ..models.networks.controlnet_checkpoint import BASE_RECORD
+
     config = dict(config)
+    config[BASE_RECORD] = base
     config.setdefault("_class_name", "ControlNetModel")
     try:
         import diffusers
@@ -52,8 +67,8 @@ def _write_folder(folder: str, config: dict, tensors: dict, metadata: dict, fp16
         pass
     with open(os.path.join(folder, "config.json"), "w") as fh:
         json.dump(config, fh, indent=2, sort_keys=True, default=list)
-    save_file(tensors, os.path.join(folder, WEIGHTS_FILE), metadata={"format": "pt"})
-    meta = {"format": FORMAT_NAME, "dtype": "fp16" if fp16 else "fp32",
+    save_file(tensors, os.path.join(folder, WEIGHTS_FILE), metadata={"format": "pt", BASE_RECORD: base})
+    meta = {"format": FORMAT_NAME, "base": base, "dtype": "fp16" if fp16 else "fp32",
             "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "parameters": int(sum(t.numel() for t in tensors.values())), **metadata}
     with open(os.path.join(folder, METADATA_FILE), "w") as fh:
@@ -63,7 +78,8 @@ def _write_folder(folder: str, config: dict, tensors: dict, metadata: dict, fp16
 def export_checkpoint(checkpoint: str, folder: str, *, fp16: bool = False, ema: bool = False,
                       cross_attention_dim: Optional[int] = None) -> str:
     """Export a trainer checkpoint folder (or a training output folder: its latest checkpoint), then verify it loads
-    through the loader code. ``ema``: export the EMA weights (the checkpoint must have them)."""
+    through the loader code and that ComfyUI can build it. ``ema``: export the EMA weights (the checkpoint must have
+    them). The base recorded is the run's (``train_config.json``), else the one the weights show."""
     from safetensors.torch import load_file
 
     from ..models.networks.controlnet_checkpoint import build_diffusers_controlnet
@@ -96,6 +112,7 @@ def export_checkpoint(checkpoint: str, folder: str, *, fp16: bool = False, ema: 
     meta = {"checkpoint": os.path.abspath(checkpoint), "steps": state_info.get("global_step"),
             "weights": "EMA" if ema else "raw"}
     run_cfg = os.path.join(os.path.dirname(os.path.dirname(checkpoint)), RUN_CONFIG)
+    run = {}
     if os.path.isfile(run_cfg):
         with open(run_cfg) as fh:
             run = json.load(fh)
@@ -104,7 +121,21 @@ def export_checkpoint(checkpoint: str, folder: str, *, fp16: bool = False, ema: 
                                                         "batch_size", "learning_rate", "lr_scheduler", "mixed_precision",
                                                         "ema_decay", "seed")}})
     os.makedirs(folder, exist_ok=True)
-    _write_folder(folder, config, tensors, meta, fp16)
+    _write_folder(folder, config, tensors, meta, fp16, _base_name(run.get("base"), tensors))
     width = cross_attention_dim or config.get("cross_attention_dim")
     build_diffusers_controlnet(folder, cross_attention_dim=width)  # the loader node's code must read it
+    verify_comfy_buildable(config, folder)
     return folder
+
+
+def verify_comfy_buildable(config: Mapping, folder: str) -> None:
+    """The export's ComfyUI check: a ControlNet of a model family ComfyUI knows must be one it can build as it is;
+    one of no known family (a test or pruned model) cannot be used in ComfyUI at all, which is only logged."""
+    from ..models.networks.comfy_constraints import comfy_buildable_problems, comfy_family
+
+    problems = comfy_buildable_problems(config)
+    if problems and comfy_family(config) is not None:
+        raise CheckpointError(f"the ControlNet exported to {folder!r} loads with diffusers, but ComfyUI could not "
+                              "build it: " + "; ".join(problems))
+    if problems:
+        log.warning("the ControlNet exported to %s is of no model family ComfyUI knows: %s", folder, "; ".join(problems))

@@ -1,8 +1,9 @@
 """The training run: set up the models, optimiser and data, then step, checkpoint, validate and export.
 
-Only the ControlNet trains. It is created from the SD2-inpainting UNet (``ControlNetModel.from_unet``: 9 input
+Only the ControlNet trains. It is created from the base's inpainting UNet (``ControlNetModel.from_unet``: 9 input
 channels, 3-channel hint, zero-initialised output convs) or fine-tuned from a checkpoint in any form the loader node
-reads. UNet, VAE and text encoder are frozen in the mixed-precision dtype. The objective is in :mod:`training.loss`.
+reads (:mod:`training.base_models`). UNet, VAE and text encoder(s) are frozen in the mixed-precision dtype (SDXL's
+VAE in fp32 under fp16). The objective is in :mod:`training.loss`.
 
 Exactness: every random draw comes from :mod:`training.data` as a function of (seed, sample), so an interrupted and
 resumed run is bitwise identical to an uninterrupted one on CPU in fp32, and N processes with batch b compute what
@@ -23,8 +24,11 @@ from typing import Any, Optional
 import torch
 
 from ..models.errors import InputError
+from ..models.generation.bases import DEFAULT_BASE, get_base
 from . import data as tdata
-from .caches import TextEmbeddingCache, build_latent_cache
+from .base_models import (load_base_components, make_controlnet, precheck_new_controlnet, resolve_base,
+                          scheduler_config, vae_dtype_for)
+from .caches import TextEmbeddingCache, as_list, build_latent_cache
 from .checkpoints import EMA, RUN_CONFIG, load_checkpoint, resolve_resume, save_checkpoint
 from .config import TrainConfig, run_metadata
 from .loss import training_loss
@@ -77,26 +81,18 @@ def tensorboard_available() -> bool:
 
 
 def load_models(config: TrainConfig):
-    """(vae, text_encoder, tokenizer, unet, noise_scheduler, scheduler_config, controlnet), all on the CPU in fp32."""
-    from diffusers import ControlNetModel, DDPMScheduler
+    """(vae, text_encoder, tokenizer, unet, noise_scheduler, scheduler_config, controlnet), all on the CPU in fp32.
+    With SDXL, ``text_encoder`` and ``tokenizer`` are lists of its two. The base is checked (and the new ControlNet's
+    config too) before any weight is read."""
+    from diffusers import DDPMScheduler
 
-    from ..models.generation.pipeline import load_controlnet, load_si2_components
-
-    if not config.base_model:
-        raise InputError("no base model: pass --base-model, the local stable-diffusion-2-inpainting folder")
-    vae, text_encoder, tokenizer, unet, _ = load_si2_components(config.base_model)
-    with open(os.path.join(config.base_model, "scheduler", "scheduler_config.json")) as fh:
-        sched_cfg = json.load(fh)
+    base = resolve_base(config)
+    precheck_new_controlnet(config)
+    parts = load_base_components(base, config)
+    sched_cfg = scheduler_config(config)
     noise_scheduler = DDPMScheduler.from_config(sched_cfg)
-    if config.controlnet:
-        controlnet = load_controlnet(config.controlnet, unet=unet)
-    else:
-        with torch.random.fork_rng(devices=[]):  # the new conditioning embedding's random init: a function of the seed
-            torch.manual_seed(config.seed)
-            controlnet = ControlNetModel.from_unet(
-                unet, conditioning_channels=3, conditioning_embedding_out_channels=tuple(config.conditioning_channels)
-            )
-    return vae, text_encoder, tokenizer, unet, noise_scheduler, sched_cfg, controlnet
+    controlnet = make_controlnet(config, base, parts.unet)
+    return parts.vae, parts.text_encoder, parts.tokenizer, parts.unet, noise_scheduler, sched_cfg, controlnet
 
 
 def _make_accelerator(config: TrainConfig, report_to: str):
@@ -141,16 +137,18 @@ class _Models:
     noise_scheduler: Any
     sched_cfg: dict
     controlnet: Any
-    text_for_loss: Any  # the text encoder or the TextEmbeddingCache standing in for it
+    text_for_loss: Any  # the text encoder(s) or the TextEmbeddingCache standing in for them
+    vae_dtype: torch.dtype = torch.float32
 
 
 def _frozen_models(config: TrainConfig, rows, device, weight_dtype) -> _Models:
     """Load the models, freeze all but the ControlNet, and drop what this run will not use."""
     vae, text_encoder, tokenizer, unet, noise_scheduler, sched_cfg, controlnet = load_models(config)
-    for m in (vae, text_encoder, unet):
+    vae_dtype = vae_dtype_for(get_base(config.base), config, weight_dtype)
+    for m, dtype in ((vae, vae_dtype), *((e, weight_dtype) for e in as_list(text_encoder)), (unet, weight_dtype)):
         m.requires_grad_(False)
         m.eval()
-        m.to(device, dtype=weight_dtype)
+        m.to(device, dtype=dtype)
     text_for_loss = text_encoder
     captions = [c for r in rows for c in r.get("captions", []) if c]
     if config.text_embedding_cache and TextEmbeddingCache.worthwhile(text_encoder, captions, weight_dtype):
@@ -168,7 +166,7 @@ def _frozen_models(config: TrainConfig, rows, device, weight_dtype) -> _Models:
         controlnet.enable_gradient_checkpointing()
     if config.gradient_checkpointing == "all":
         unet.enable_gradient_checkpointing()
-    return _Models(vae, text_encoder, tokenizer, unet, noise_scheduler, sched_cfg, controlnet, text_for_loss)
+    return _Models(vae, text_encoder, tokenizer, unet, noise_scheduler, sched_cfg, controlnet, text_for_loss, vae_dtype)
 
 
 def _max_steps(config: TrainConfig, num_rows: int, world: int) -> int:
@@ -205,6 +203,7 @@ def _sample_config(config: TrainConfig, models: _Models) -> tdata.SampleConfig:
         latent_channels=vae.config.latent_channels, vae_scale_factor=2 ** (len(vae.config.block_out_channels) - 1),
         num_train_timesteps=models.noise_scheduler.config.num_train_timesteps,
         latent_cache_crops=config.latent_cache_crops,
+        time_ids=get_base(config.base).added_conditioning == "text_time",
     )
 
 
@@ -216,7 +215,7 @@ def _data(config: TrainConfig, rows, models: _Models, accelerator, weight_dtype,
         if config.mask_aug_prob > 0:
             raise InputError("--latent-cache cannot be combined with --mask-aug-prob (the augmentation changes the "
                              "masked photo the cache holds)")
-        sample_cfg.latent_cache_dir = build_latent_cache(config, dataset, models.vae, accelerator, weight_dtype)
+        sample_cfg.latent_cache_dir = build_latent_cache(config, dataset, models.vae, accelerator, models.vae_dtype)
         if config.validation_steps <= 0:
             models.vae.encoder = None  # nothing encodes any more
             gc.collect()
@@ -261,7 +260,8 @@ def _micro_step(s: _Session, batch: dict) -> torch.Tensor:
     with s.accelerator.accumulate(s.controlnet):
         loss = training_loss(batch, controlnet=s.controlnet, unet=m.unet, vae=m.vae, text_encoder=m.text_for_loss,
                              noise_scheduler=m.noise_scheduler, weight_dtype=s.weight_dtype,
-                             device=s.accelerator.device, return_residuals=s.in_backward is not None)
+                             device=s.accelerator.device, return_residuals=s.in_backward is not None,
+                             vae_dtype=m.vae_dtype)
         if s.in_backward is not None:
             loss, residuals = loss
             # the UNet's backward once, down to the residuals; the ControlNet's inside the optimizer step
@@ -340,7 +340,7 @@ def _finish(s: _Session, num_rows: int) -> Optional[str]:
 
             export_dir = os.path.join(config.output_dir, "controlnet")
             export_controlnet(s.raw_controlnet, export_dir, fp16=config.export_fp16, state_dict=weights,
-                              metadata=run_metadata(config, step, num_rows, s.ema is not None))
+                              metadata=run_metadata(config, step, num_rows, s.ema is not None), base=config.base)
     elif config.stop_after_steps is not None and unsaved:
         save_checkpoint(accelerator, config, s.raw_controlnet, s.ema, step, accelerator.num_processes)
     accelerator.wait_for_everyone()
@@ -373,9 +373,27 @@ def _start_session(config: TrainConfig, accelerator, rows, report_to: str) -> _S
                     weight_dtype, report_to, max_steps, stop_step, global_step)
 
 
+def _config_for_base(config: TrainConfig) -> TrainConfig:
+    """The config with its base read from the model folder (an error when ``--base`` says otherwise, or when the
+    run being resumed was made for another base) and the base's defaults filled in."""
+    base = resolve_base(config)
+    if config.validation_steps > 0 and base.text_encoders > 1:
+        raise InputError(f"validation images are not available for {base.title} yet (the pack's pipeline renders "
+                         "SD2 and SD1.5 inpainting): train with --validation-steps 0")
+    run_file = os.path.join(config.output_dir, RUN_CONFIG)
+    if config.resume_from and os.path.isfile(run_file):
+        with open(run_file) as fh:
+            earlier = json.load(fh).get("base") or DEFAULT_BASE
+        if earlier != base.name:
+            raise InputError(f"{config.output_dir!r} holds a run for {earlier}, but the base model is {base.name}: "
+                             "resume with the same base model, or train into a new --output-dir")
+    return config.for_base(base)
+
+
 def train(config: TrainConfig, *, accelerator=None) -> TrainResult:
     """Run (or resume) training. Returns the losses of this session; writes checkpoints, validation images and, when
     ``max_train_steps`` is reached, the exported ControlNet in ``<output_dir>/controlnet``."""
+    config = _config_for_base(config)
     os.makedirs(config.output_dir, exist_ok=True)
     report_to = config.report_to
     if report_to == "auto":

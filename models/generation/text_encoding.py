@@ -53,3 +53,23 @@ def encode_texts(tokenizer, text_encoder, texts: Sequence[str], device, max_leng
     """[len(texts), L, D] embeddings of ``texts``: :func:`tokenize` then :func:`embed_token_ids`."""
     tokens = tokenize(tokenizer, texts, max_length)
     return embed_token_ids(text_encoder, tokens.input_ids.to(device), tokens.attention_mask)
+
+
+def embed_token_ids_xl(text_encoders: Sequence, input_ids: Sequence[torch.Tensor]):
+    """SDXL's text conditioning from the token ids of each of its encoders: (context, pooled).
+
+    ``context`` is every encoder's *penultimate* hidden state, concatenated along the width (768 + 1280 = 2048 for
+    SDXL); ``pooled`` is the last encoder's projected pooled embedding (1280), which joins the size/crop time ids in
+    the added conditioning. This is how diffusers' SDXL pipelines and training examples encode prompts."""
+    hidden, pooled = [], None
+    for encoder, ids in zip(text_encoders, input_ids):
+        out = encoder(ids.to(encoder.device), output_hidden_states=True)
+        pooled = out[0]
+        hidden.append(out.hidden_states[-2])
+    return torch.cat(hidden, dim=-1), pooled.reshape(pooled.shape[0], -1)
+
+
+def encode_texts_xl(tokenizers: Sequence, text_encoders: Sequence, texts: Sequence[str]):
+    """(context [len(texts), L, 2048], pooled [len(texts), 1280]) of ``texts`` for SDXL's two encoders."""
+    ids = [tokenize(tokenizer, texts).input_ids for tokenizer in tokenizers]
+    return embed_token_ids_xl(text_encoders, ids)

@@ -15,8 +15,13 @@ A file without a config gets one from, in order: an explicit ``config``, a diffu
 beside it, a ``config`` entry in the safetensors metadata, and finally inference from the tensor shapes (the
 number of attention heads cannot be read from weights; SD2's head size of 64 is assumed).
 
-Everything is validated as a 9-input-channel SD2 ControlNet (:func:`validate_salient_controlnet`); errors name
-what was found. No diffusers import unless :func:`build_diffusers_controlnet` is called (ComfyUI does not need it).
+Every file is for one inpainting base (:mod:`models.generation.bases`: SD2, SD1.5 or SDXL inpainting). Our exports
+record it (``salient_base`` in ``config.json`` and in the safetensors metadata); for a file without the record (the
+paper's release) it is read from the weights. :func:`controlnet_base` says which; the messages name it.
+
+Everything is validated as a 9-input-channel ControlNet of its base (:func:`validate_salient_controlnet`); errors
+name what was found. No diffusers import unless :func:`build_diffusers_controlnet` is called (ComfyUI does not need
+it).
 """
 from __future__ import annotations
 
@@ -35,7 +40,8 @@ from .comfy_keys import (
     looks_like_comfy_controlnet,
     looks_like_diffusers_controlnet,
 )
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputError
+from ..generation.bases import (BASES, InpaintingBase, as_base, base_for_state_dict, base_for_structure)
 from ..model_files.model_registry import where_to_get
 
 log = logging.getLogger("salient_background")
@@ -44,6 +50,8 @@ SD2_CROSS_ATTENTION_DIM = 1024
 SALIENT_IN_CHANNELS = 9
 HINT_CHANNELS = 3
 SD2_HEAD_SIZE = 64
+BASE_RECORD = "salient_base"  # where our exports record their base: config.json and the safetensors metadata
+FILE_BASE = "file's base"  # the default width check: the width of the base the file is for
 WHAT = "salient ControlNet"
 # the model registry is the one source of "where to get this file"
 WHERE_TO_GET = ("The paper's ControlNet (also loadable: controlnet_inpainting_salient_aware.pth from the authors' "
@@ -76,6 +84,7 @@ SD2_SALIENT_CONTROLNET_CONFIG = {
     "upcast_attention": False,
     "use_linear_projection": True,
 }
+SDXL_POOLED_WIDTH = 1280
 
 _WEIGHT_NAMES = (
     "diffusion_pytorch_model.safetensors",
@@ -153,6 +162,59 @@ def _config_in_metadata(path: str) -> Optional[dict]:
     return cfg if isinstance(cfg, dict) else None
 
 
+def _base_record_in_metadata(path: str) -> Optional[str]:
+    if not path.lower().endswith(SAFETENSORS_SUFFIXES):
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as fh:
+            return (fh.metadata() or {}).get(BASE_RECORD)
+    except Exception:
+        return None
+
+
+def _recorded_base(config: Optional[Mapping], weight_files: list[str]) -> Optional[InpaintingBase]:
+    """The base an export recorded (config.json first, then the safetensors metadata), or None."""
+    name = (config or {}).get(BASE_RECORD)
+    for wf in weight_files:
+        name = name or _base_record_in_metadata(wf)
+    if name is None:
+        return None
+    if name not in BASES:
+        raise CheckpointError(f"the {WHAT} says it is for base {name!r}, which this version does not know "
+                              f"(known: {', '.join(BASES)}); update the pack")
+    return BASES[name]
+
+
+def base_from_weights(state_dict: Mapping) -> InpaintingBase:
+    """The base a ControlNet state dict (diffusers or ComfyUI keys) is for, from its weights: its context width and
+    added conditioning when they are a released base's, else its structure (added conditioning -> SDXL, linear
+    attention projections -> SD2, convolutional ones -> SD1.5)."""
+    try:
+        return base_for_state_dict(state_dict)
+    except InputError:
+        proj = next((v for k, v in state_dict.items() if k.endswith("proj_in.weight")), None)
+        added = "text_time" if any(k.startswith(("add_embedding.", "label_emb.")) for k in state_dict) else None
+        return base_for_structure(added_conditioning=added,
+                                  use_linear_projection=None if proj is None else proj.ndim == 2)
+
+
+def controlnet_base(path_or_state_dict: Union[str, os.PathLike, Mapping]) -> InpaintingBase:
+    """The inpainting base a salient ControlNet (any accepted path, or a state dict) is for: the base our export
+    recorded, else the one its weights show."""
+    if isinstance(path_or_state_dict, Mapping):
+        return base_from_weights(normalize_controlnet_state_dict(path_or_state_dict))
+    weight_files, folder_config, _ = resolve_controlnet_path(path_or_state_dict)
+    recorded = _recorded_base(folder_config, weight_files)
+    if recorded is not None:
+        return recorded
+    state: dict = {}
+    for wf in weight_files:
+        state.update(normalize_controlnet_state_dict(load_state_dict(wf, what=WHAT), source=f"{WHAT} {wf!r}"))
+    return base_from_weights(state)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # state dict normalisation
 # ---------------------------------------------------------------------------------------------------------------
@@ -209,9 +271,10 @@ def normalize_controlnet_state_dict(raw: Mapping, *, source: str = "checkpoint")
 # ---------------------------------------------------------------------------------------------------------------
 # config
 # ---------------------------------------------------------------------------------------------------------------
-def infer_config(state_dict: Mapping) -> dict:
-    """A diffusers ``ControlNetModel`` config read off the tensor shapes (SD2 defaults for what weights do not say:
-    head size 64, 32 norm groups, sinusoidal time embedding with cos first)."""
+def infer_config(state_dict: Mapping, base: Optional[InpaintingBase] = None) -> dict:
+    """A diffusers ``ControlNetModel`` config read off the tensor shapes; what weights do not say comes from the base
+    (head counts) and the released models (32 norm groups, sinusoidal time embedding with cos first)."""
+    base = base or base_from_weights(state_dict)
     layout = ControlNetLayout.from_diffusers_keys(state_dict)
     cfg = dict(SD2_SALIENT_CONTROLNET_CONFIG)
     cfg["in_channels"] = int(state_dict["conv_in.weight"].shape[1])
@@ -220,7 +283,15 @@ def infer_config(state_dict: Mapping) -> dict:
     cfg["layers_per_block"] = layout.layers_per_block
     cfg["down_block_types"] = ["CrossAttnDownBlock2D" if d else "DownBlock2D" for d in layout.transformer_depth]
     cfg["conditioning_embedding_out_channels"] = list(layout.cond_embedding_channels)
-    cfg["attention_head_dim"] = [max(1, c // SD2_HEAD_SIZE) for c in layout.block_out_channels]
+    if isinstance(base.attention_head_dim, int):  # SD1.5: one head count everywhere
+        cfg["attention_head_dim"] = base.attention_head_dim
+    else:  # SD2 and SDXL: 64 channels per head
+        cfg["attention_head_dim"] = [max(1, c // SD2_HEAD_SIZE) for c in layout.block_out_channels]
+    added = state_dict.get("add_embedding.linear_1.weight")
+    if added is not None:  # SDXL's text_time embedding: pooled text embedding + six size/crop features
+        time_width = (int(added.shape[1]) - SDXL_POOLED_WIDTH) // 6
+        cfg.update(addition_embed_type="text_time", projection_class_embeddings_input_dim=int(added.shape[1]),
+                   addition_time_embed_dim=time_width if time_width > 0 else 256)
     depths = [d for d in layout.transformer_depth if d] or [layout.mid_transformer_depth or 1]
     if len(set(depths)) > 1 or depths[0] != 1:
         cfg["transformer_layers_per_block"] = [d or 1 for d in layout.transformer_depth]
@@ -245,16 +316,59 @@ def _cross_attention_width(state_dict: Mapping) -> Optional[int]:
 # ---------------------------------------------------------------------------------------------------------------
 # validation
 # ---------------------------------------------------------------------------------------------------------------
+def _added_embedding_keys(config: Mapping) -> list[str]:
+    if config.get("addition_embed_type") != "text_time":
+        return []
+    return [f"add_embedding.linear_{i}.{b}" for i in (1, 2) for b in ("weight", "bias")]
+
+
+def _width_problem(state_dict: Mapping, cross_attention_dim, base: InpaintingBase) -> Optional[str]:
+    width = _cross_attention_width(state_dict)
+    if cross_attention_dim is FILE_BASE or cross_attention_dim == FILE_BASE:
+        known = {b.context_dim: b for b in BASES.values()}
+        if width in known and known[width].added_conditioning == base.added_conditioning and known[width] != base:
+            return f"its cross-attention width is {width} ({known[width].title}) but it says it is for {base.title}"
+        return None
+    if cross_attention_dim is not None and width is not None and width != cross_attention_dim:
+        family = {b.context_dim: f" ({b.title})" for b in BASES.values()}.get(width, "")
+        return f"its cross-attention width is {width}{family}, expected {cross_attention_dim}"
+    return None
+
+
+def _key_problems(state_dict: Mapping, config: Mapping) -> list[str]:
+    problems = []
+    try:
+        layout = ControlNetLayout.from_config(config)
+        expected = set(expected_diffusers_keys(layout)) | set(_added_embedding_keys(config))
+    except (CheckpointError, TypeError, ValueError) as exc:
+        return [f"its config cannot be read as a ControlNet layout ({exc})"]
+    missing = expected - set(state_dict)
+    unexpected = set(state_dict) - expected
+    if missing:
+        problems.append(f"{len(missing)} weights are missing: {describe_keys(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} weights are not part of its config: {describe_keys(unexpected)}")
+    if not missing:
+        bad = _shape_mismatches(state_dict, config)
+        if bad:
+            problems.append("weights do not match the config's sizes: " + "; ".join(bad[:5]))
+    return problems
+
+
 def validate_salient_controlnet(
     state_dict: Mapping,
     config: Mapping,
     *,
-    cross_attention_dim: Optional[int] = SD2_CROSS_ATTENTION_DIM,
+    cross_attention_dim=FILE_BASE,
     source: str = "checkpoint",
-) -> None:
+    base: Union[str, InpaintingBase, None] = None,
+) -> InpaintingBase:
     """Raise :class:`CheckpointError` unless this is a 9-input-channel ControlNet with a 3-channel hint whose keys
-    are complete for its config, and (when ``cross_attention_dim`` is given) whose cross-attention width matches
-    (1024 = SD2's OpenCLIP ViT-H; pass the UNet's width for other bases, or None to skip)."""
+    are complete for its config, and whose cross-attention width is ``cross_attention_dim`` (by default the width of
+    the file's own base; None skips the check). ``base``: the base the file must be for (e.g. the sampled model's).
+    Returns the file's base (its ``salient_base`` record in ``config``, else the one its weights show)."""
+    recorded = config.get(BASE_RECORD)
+    found = as_base(recorded) if recorded in BASES else base_from_weights(state_dict)
     problems = []
     conv_in = state_dict.get("conv_in.weight")
     in_ch = int(conv_in.shape[1]) if conv_in is not None else None
@@ -262,39 +376,25 @@ def validate_salient_controlnet(
         kind = " -- an ordinary text-to-image ControlNet (use ComfyUI's stock ControlNet loader for it)" if in_ch == 4 else ""
         problems.append(
             f"it takes {in_ch} input channels{kind}; the salient ControlNet takes 9 "
-            "(4 noisy latents + 1 mask + 4 masked-image latents, cloned from SD2 inpainting)"
+            "(4 noisy latents + 1 mask + 4 masked-image latents, cloned from an inpainting UNet)"
         )
     hint = state_dict.get("controlnet_cond_embedding.conv_in.weight")
     if hint is not None and int(hint.shape[1]) != HINT_CHANNELS:
         problems.append(f"its hint (conditioning image) has {int(hint.shape[1])} channels, expected 3")
-    width = _cross_attention_width(state_dict)
-    if cross_attention_dim is not None and width is not None and width != cross_attention_dim:
-        family = {768: " (SD1.x, CLIP ViT-L)", 1024: " (SD2, OpenCLIP ViT-H)", 2048: " (SDXL)"}.get(width, "")
-        problems.append(f"its cross-attention width is {width}{family}, expected {cross_attention_dim}")
+    width = _width_problem(state_dict, cross_attention_dim, found)
+    if width:
+        problems.append(width)
+    if base is not None and as_base(base).name != found.name:
+        problems.append(f"it is for {found.title} ({found.name}), not {as_base(base).title}")
     if config.get("in_channels") is not None and in_ch is not None and int(config["in_channels"]) != in_ch:
         problems.append(f"its config says in_channels={config['in_channels']} but the weights take {in_ch}")
-    try:
-        layout = ControlNetLayout.from_config(config)
-        expected = set(expected_diffusers_keys(layout))
-    except (CheckpointError, TypeError, ValueError) as exc:
-        problems.append(f"its config cannot be read as a ControlNet layout ({exc})")
-        expected = set()
-    if expected:
-        missing = expected - set(state_dict)
-        unexpected = set(state_dict) - expected
-        if missing:
-            problems.append(f"{len(missing)} weights are missing: {describe_keys(missing)}")
-        if unexpected:
-            problems.append(f"{len(unexpected)} weights are not part of its config: {describe_keys(unexpected)}")
-        if not missing:
-            bad = _shape_mismatches(state_dict, config)
-            if bad:
-                problems.append("weights do not match the config's sizes: " + "; ".join(bad[:5]))
+    problems += _key_problems(state_dict, config)
     if problems:
         raise CheckpointError(
-            f"{source} is not a usable salient-aware (9-channel SD2-inpainting) ControlNet: " + "; ".join(problems) + ". "
-            + WHERE_TO_GET
+            f"{source} is not a usable salient-aware (9-channel {found.title}) ControlNet: " + "; ".join(problems)
+            + ". " + WHERE_TO_GET
         )
+    return found
 
 
 def _shape_mismatches(state_dict: Mapping, config: Mapping) -> list[str]:
@@ -345,14 +445,17 @@ def load_controlnet_state_dict(
     path: Union[str, os.PathLike],
     *,
     config: Optional[Union[Mapping, str, os.PathLike]] = None,
-    cross_attention_dim: Optional[int] = SD2_CROSS_ATTENTION_DIM,
+    cross_attention_dim=FILE_BASE,
     default_config: Optional[Mapping] = None,
+    base: Union[str, InpaintingBase, None] = None,
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """Load any accepted form (module docstring) -> (diffusers-key state dict, diffusers config), validated.
 
     ``config``: a config dict or a path to a ``config.json`` overriding what the file says or implies.
-    ``cross_attention_dim``: the width the ControlNet must have (1024 for SD2; pass the UNet's
-    ``cross_attention_dim`` when pairing it with another UNet, or None to skip that check).
+    ``cross_attention_dim``: the width the ControlNet must have; by default its own base's (see
+    :func:`controlnet_base`), or pass the UNet's ``cross_attention_dim``, or None to skip that check.
+    ``base``: the base the file must be for (the sampled model's), named in the error when it is not.
+    The returned config carries the file's base as ``salient_base``.
     ``default_config``: settings the weights cannot tell (``attention_head_dim``, ``norm_num_groups``, ...), applied
     over the inferred config when no config is found -- e.g. those of the UNet the ControlNet was cloned from.
     Tensors keep their stored dtype.
@@ -364,20 +467,25 @@ def load_controlnet_state_dict(
         state.update(normalize_controlnet_state_dict(raw, source=f"{WHAT} {wf!r}"))
     if isinstance(config, (str, os.PathLike)):
         config = _read_json(os.fspath(config))
+    recorded = _recorded_base(folder_config, weight_files)
     cfg = dict(config) if config is not None else None
     if cfg is None:
-        cfg = folder_config
+        cfg = dict(folder_config) if folder_config is not None else None
     if cfg is None and len(weight_files) == 1:
         cfg = _config_beside(weight_files[0]) or _config_in_metadata(weight_files[0])
     if cfg is None:
-        cfg = infer_config(state)
+        cfg = infer_config(state, recorded)
         log.info("%s %s: no config found, inferred from the weights", WHAT, os.fspath(path))
         # [4b/pipeline] ``default_config``: settings the weights cannot tell (head counts, norm groups, ...), e.g. those
         # of the UNet the ControlNet was cloned from; they replace the SD2 assumptions of the inference only when the
         # checkpoint brings no config of its own.
         if default_config:
             cfg.update({k: v for k, v in default_config.items() if not k.startswith("_")})
-    validate_salient_controlnet(state, cfg, cross_attention_dim=cross_attention_dim, source=f"{WHAT} {os.fspath(path)!r} ({form})")
+    if recorded is not None:
+        cfg[BASE_RECORD] = recorded.name
+    found = validate_salient_controlnet(state, cfg, cross_attention_dim=cross_attention_dim, base=base,
+                                        source=f"{WHAT} {os.fspath(path)!r} ({form})")
+    cfg[BASE_RECORD] = found.name
     return state, cfg
 
 
@@ -385,8 +493,9 @@ def build_diffusers_controlnet(
     path: Union[str, os.PathLike],
     *,
     config: Optional[Union[Mapping, str, os.PathLike]] = None,
-    cross_attention_dim: Optional[int] = SD2_CROSS_ATTENTION_DIM,
+    cross_attention_dim=FILE_BASE,
     default_config: Optional[Mapping] = None,
+    base: Union[str, InpaintingBase, None] = None,
     dtype: Optional[torch.dtype] = None,
     device: Union[str, torch.device, None] = None,
 ):
@@ -394,9 +503,9 @@ def build_diffusers_controlnet(
     from diffusers import ControlNetModel
 
     state, cfg = load_controlnet_state_dict(
-        path, config=config, cross_attention_dim=cross_attention_dim, default_config=default_config
+        path, config=config, cross_attention_dim=cross_attention_dim, default_config=default_config, base=base
     )
-    init_cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    init_cfg = {k: v for k, v in cfg.items() if not k.startswith("_") and k != BASE_RECORD}
     model = ControlNetModel.from_config(init_cfg)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
