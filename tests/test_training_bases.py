@@ -53,10 +53,10 @@ def _reset_accelerate():
     PartialState._reset_state()
 
 
-def _config(base, data, out, **kw):
+def _config(model, data, out, **kw):
     from salient_background.training.train import TrainConfig
 
-    settings = dict(data=data, base_model=tiny_base_folder(base), output_dir=str(out), resolution=RES,
+    settings = dict(data=data, base_model=tiny_base_folder(model), output_dir=str(out), resolution=RES,
                     conditioning_channels=TINY_CONDITIONING, batch_size=2, learning_rate=1e-3,
                     checkpointing_steps=0, report_to="none", log_every=1000, seed=0)
     settings.update(kw)
@@ -163,8 +163,11 @@ def test_sdxl_text_conditioning_is_both_encoders_and_the_cache_is_exact():
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-def _denoising_step(base, exported, trained, time_ids=None):
-    """One UNet + ControlNet step on the exported files, loaded as a user loads them; compared with ``trained``."""
+def _denoising_step(base, exported, trained, weights, time_ids=None):
+    """One UNet + ControlNet step on the exported files, loaded as a user loads them; compared with ``trained``
+    holding ``weights`` (the EMA weights the run exported)."""
+    import copy
+
     from diffusers import UNet2DConditionModel
 
     from salient_background.models.networks.controlnet_checkpoint import build_diffusers_controlnet, controlnet_base
@@ -181,7 +184,9 @@ def _denoising_step(base, exported, trained, time_ids=None):
                                        "time_ids": time_ids}}
     with torch.no_grad():
         down, mid = controlnet(x, t, encoder_hidden_states=ctx, controlnet_cond=hint, return_dict=False, **extra)
-        ref_down, ref_mid = trained.eval()(x, t, encoder_hidden_states=ctx, controlnet_cond=hint, return_dict=False,
+        reference = copy.deepcopy(trained).eval()
+        reference.load_state_dict(weights)
+        ref_down, ref_mid = reference(x, t, encoder_hidden_states=ctx, controlnet_cond=hint, return_dict=False,
                                            **extra)
         assert torch.equal(mid, ref_mid) and all(torch.equal(a, b) for a, b in zip(down, ref_down))
         assert float(mid.abs().max()) > 0  # trained: the zero convolutions moved
@@ -229,7 +234,7 @@ def test_train_resume_export_load_and_denoise(base, dataset_dir, tmp_path):
         assert fh.metadata()["salient_base"] == base
     assert json.load(open(os.path.join(full.export_dir, "config.json")))["salient_base"] == base
     time_ids = torch.tensor([[96.0, 80.0, 4.0, 0.0, 64.0, 64.0], [80.0, 96.0, 0.0, 8.0, 64.0, 64.0]])
-    _denoising_step(base, full.export_dir, full.controlnet,
+    _denoising_step(base, full.export_dir, full.controlnet, full.ema.shadow,
                     time_ids if base == "sdxl-inpainting" else None)
     # the EMA export holds the EMA weights
     ema = load_file(os.path.join(exported, "diffusion_pytorch_model.safetensors"))
@@ -360,4 +365,21 @@ def test_sdxl_two_processes_equal_one_process(dataset_dir, tmp_path):
     w2 = load_file(str(tmp_path / "two" / "controlnet" / "diffusion_pytorch_model.safetensors"))
     w1 = load_file(str(tmp_path / "one" / "controlnet" / "diffusion_pytorch_model.safetensors"))
     moved = max(float(w1[k].abs().max()) for k in w1 if k.startswith(("controlnet_down_blocks", "controlnet_mid_block")))
-    assert moved > 1e-4 and max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 0.01 * moved
+    # equal up to float summation order, which Adam's normalisation amplifies for near-zero gradients (2 steps of
+    # ~lr each: the losses above agree to 1e-5, single weights to a few percent of the distance moved)
+    assert moved > 1e-4 and max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 0.05 * moved
+
+
+@pytest.mark.parametrize("switches", [dict(optimizer_in_backward=True), dict(gradient_checkpointing="all"),
+                                      dict(text_embedding_cache=False)])
+def test_low_memory_switches_train_the_same_sdxl_weights(switches, dataset_dir, tmp_path):
+    kw = dict(max_train_steps=2, learning_rate=1e-3, max_grad_norm=1e-3)
+    plain = _train(_config("sdxl-inpainting", dataset_dir, tmp_path / "plain", **kw))
+    lean = _train(_config("sdxl-inpainting", dataset_dir, tmp_path / "lean", **switches, **kw))
+    a, b = plain.controlnet.state_dict(), lean.controlnet.state_dict()
+    if "text_embedding_cache" in switches:  # the encoders see other batch sizes: equal up to float rounding
+        assert [l for _, l in plain.losses] == pytest.approx([l for _, l in lean.losses], rel=1e-5)
+        assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+        return
+    assert all(torch.equal(a[k], b[k]) for k in a)  # exact: the same arithmetic, in another order of memory use
+    assert [l for _, l in plain.losses] == [l for _, l in lean.losses]

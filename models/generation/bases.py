@@ -137,8 +137,7 @@ def base_for_pretrained_folder(folder: str, requested: Union[str, InpaintingBase
         found = base_for_unet_config(config)
     except InputError:  # widths of no released model: judge by structure
         found = base_for_structure(added_conditioning=config.get("addition_embed_type"),
-                                   use_linear_projection=config.get("use_linear_projection", False),
-                                   xl_pipeline="XL" in pipeline)
+                                   use_linear_projection=config.get("use_linear_projection", False))
         log.info("%s: a %s-wide UNet is none of the released bases; its structure is %s's", folder,
                  config.get("cross_attention_dim"), found.title)
     if pipeline and ("XL" in pipeline) != found.xl_pipeline:
