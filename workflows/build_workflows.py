@@ -22,7 +22,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # the schema helpers live in the test kit
 
 from sb_testkit import workflow_check  # noqa: E402
-from salient_background.models import model_registry  # noqa: E402
+from salient_background.models.model_files import model_registry  # noqa: E402
 
 OBJECT_INFO = workflow_check.CORE_OBJECT_INFO
 
