@@ -1,16 +1,23 @@
-"""The salient-aware ControlNet in ComfyUI: loader, inpaint conditioning, framing for SD2, restore, paste back.
+"""The salient-aware ControlNet in ComfyUI: loader, inpaint conditioning, framing, restore, paste back.
 
-How the ControlNet gets the inpainting input: SD2 inpainting's UNet receives 9 channels -- the 4 noisy
-latents plus ``c_concat`` (mask + masked-image latents) that ComfyUI's ``BaseModel`` appends. The stock ControlNet
-only passes the 4 noisy channels to its control model. Our loader converts the checkpoint to ComfyUI's key layout,
-loads it with ComfyUI's own ``load_controlnet_state_dict``, gives the control model a ``forward`` that accepts a
-``c_concat`` keyword and appends it after x, and wraps it in a stock ``comfy.controlnet.ControlNet`` with
-``extra_conds=["y", "c_concat"]`` -- ``get_control`` passes each of those cond entries as a keyword. So the
-CONTROL_NET also works with the stock *Apply ControlNet (Advanced)* node after *InpaintModelConditioning*.
+How the ControlNet gets the inpainting input: an inpainting UNet (SD2, SD1.5 or SDXL inpainting) receives 9
+channels -- the 4 noisy latents plus ``c_concat`` (mask + masked-image latents) that ComfyUI's ``BaseModel``
+appends. The stock ControlNet only passes the 4 noisy channels to its control model. Our loader converts the
+checkpoint to ComfyUI's key layout, loads it with ComfyUI's own ``load_controlnet_state_dict`` (which recognises the
+base from the weights as it does for a UNet), gives the control model a ``forward`` that accepts a ``c_concat``
+keyword and appends it after x, and wraps it in a stock ``comfy.controlnet.ControlNet`` with
+``extra_conds=["y", "c_concat"]`` -- ``get_control`` passes each of those cond entries as a keyword, so SDXL's added
+conditioning ``y`` reaches the ControlNet's ``label_emb`` as it reaches the UNet's. So the CONTROL_NET also works
+with the stock *Apply ControlNet (Advanced)* node after *InpaintModelConditioning*.
+
+The ControlNet remembers its base (read from its weights). A ControlNet and a sampled model of different bases give
+one error naming both: at the conditioning node from the prompts' width, else when sampling starts (``pre_run``
+sees ComfyUI's model), else at the first control call from the conditioning it receives.
 """
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import torch
 
@@ -18,14 +25,17 @@ from ..models.imaging import framing, image_ops
 from ..models.networks.comfy_keys import convert_diffusers_to_comfy
 from ..models.imaging.compositing import paste_object_back
 from ..models.networks.controlnet_checkpoint import (
+    BASE_RECORD,
+    FILE_BASE,
     SALIENT_IN_CHANNELS,
-    SD2_CROSS_ATTENTION_DIM,
     WHERE_TO_GET,
     is_controlnet_folder,
     load_controlnet_state_dict,
 )
 from ..models.errors import CheckpointError, InputError
 from ..models.imaging.framing import FrameRecord
+from ..models.generation import bases
+from ..models.generation.bases import InpaintingBase
 from ..models.generation.inpaint_inputs import build_inpaint_inputs, latent_mask
 from . import comfy_glue
 
@@ -34,17 +44,96 @@ log = logging.getLogger("salient_background")
 CONTROLNET_FOLDER = "controlnet"
 GENERATE_CATEGORY = "Salient Background/generate"
 FRAMING_CATEGORY = "Salient Background/framing"
-SD2_INPAINT_MODEL = "Stable Diffusion 2 inpainting, 512-inpainting-ema.safetensors (stabilityai/stable-diffusion-2-inpainting)"
+# what to load with Load Checkpoint for each base (the published single-file checkpoints)
+INPAINT_CHECKPOINTS = {
+    "sd2-inpainting": "512-inpainting-ema.safetensors from stabilityai/stable-diffusion-2-inpainting",
+    "sd15-inpainting": "sd-v1-5-inpainting.ckpt from stable-diffusion-v1-5/stable-diffusion-inpainting",
+    "sdxl-inpainting": "diffusers/stable-diffusion-xl-1.0-inpainting-0.1 as a single-file checkpoint",
+}
+SDXL_ADM_CHANNELS = 2816  # SDXL's y: pooled text embedding (1280) + 6 size/crop time ids x 256
 
 
 class NotAnInpaintingModelError(InputError):
     """The sampled model does not feed the ControlNet the inpainting channels it needs."""
 
 
+class BaseMismatchError(InputError):
+    """The salient ControlNet and the sampled model (or its prompts) belong to different inpainting bases."""
+
+
+def inpainting_model_hint(base: Optional[InpaintingBase]) -> str:
+    """'Stable Diffusion 1.5 inpainting (sd-v1-5-inpainting.ckpt from ...)': what to load for ``base``."""
+    if base is None:
+        return "the inpainting model this ControlNet was trained on"
+    return f"{base.title} ({INPAINT_CHECKPOINTS.get(base.name, base.diffusers_repo)})"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# which base the sampled model is
+# ---------------------------------------------------------------------------------------------------------------
+def base_for_context(width: Optional[int], has_added_conditioning: bool) -> Optional[InpaintingBase]:
+    """The base whose text conditioning is ``width`` wide (and has SDXL's added conditioning or not); None if none."""
+    for base in bases.BASES.values():
+        if base.context_dim == width and (base.added_conditioning is not None) == has_added_conditioning:
+            return base
+    return None
+
+
+def base_for_comfy_unet_config(unet_config) -> Optional[InpaintingBase]:
+    """The base of a ComfyUI model from its detected ``unet_config`` (context width, ``adm_in_channels``)."""
+    width, adm = unet_config.get("context_dim"), unet_config.get("adm_in_channels")
+    if adm not in (None, SDXL_ADM_CHANNELS):  # unCLIP, refiner...: added conditioning no inpainting base has
+        return None
+    return base_for_context(int(width) if width else None, adm == SDXL_ADM_CHANNELS)
+
+
+def describe_sampled(base: Optional[InpaintingBase], width: Optional[int], model_class: str = "") -> str:
+    what = base.title if base is not None else f"a model with {width}-wide text conditioning"
+    return what + (f" (ComfyUI detected {model_class})" if model_class else "")
+
+
+def check_same_base(controlnet_base: Optional[InpaintingBase], sampled: Optional[InpaintingBase], sampled_text: str,
+                    what: str = "the sampled model") -> None:
+    """Raise :class:`BaseMismatchError` naming both bases when they differ (unknown ControlNet base: no check)."""
+    if controlnet_base is None or sampled is controlnet_base:
+        return
+    raise BaseMismatchError(
+        f"this salient ControlNet is for {controlnet_base.title}, but {what} is {sampled_text}: load "
+        f"{inpainting_model_hint(controlnet_base)} with Load Checkpoint (and encode the prompts with its CLIP), or load "
+        f"a salient ControlNet trained for that model (python -m salient_background train trains one)."
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the control model: ComfyUI's cldm ControlNet whose forward also takes c_concat
 # ---------------------------------------------------------------------------------------------------------------
 _INPAINT_CLASSES: dict[type, type] = {}
+
+
+def _check_control_inputs(model, x, context, y, c_concat) -> None:
+    """The checks of the first control call: inpainting channels, then the base the conditioning belongs to."""
+    hint = inpainting_model_hint(model.salient_base)
+    if c_concat is None:
+        raise NotAnInpaintingModelError(
+            "The salient ControlNet needs an inpainting model: the model being sampled passes no "
+            f"mask/masked-image channels (it is not a 9-channel inpainting model). Load {hint} "
+            "with Load Checkpoint and use it for this KSampler."
+        )
+    need = model.salient_in_channels - x.shape[1]
+    if c_concat.shape[1] != need:
+        raise NotAnInpaintingModelError(
+            f"The salient ControlNet takes {model.salient_in_channels} input channels, but the model being "
+            f"sampled gives {x.shape[1]} latent + {c_concat.shape[1]} inpainting channels. Use {hint}."
+        )
+    width = int(context.shape[-1]) if context is not None else None
+    if model.salient_base is not None:
+        sampled = base_for_context(width, y is not None and y.shape[-1] == SDXL_ADM_CHANNELS)
+        check_same_base(model.salient_base, sampled, describe_sampled(sampled, width),
+                        what="the conditioning of the sampled model")
+    elif model.salient_context_dim is not None and width is not None and width != model.salient_context_dim:
+        raise BaseMismatchError(
+            f"The text conditioning is {width} wide but the salient ControlNet needs {model.salient_context_dim}."
+        )
 
 
 def _inpaint_control_class(base: type) -> type:
@@ -56,24 +145,7 @@ def _inpaint_control_class(base: type) -> type:
         salient_inpaint_control = True
 
         def forward(self, x, hint, timesteps, context, y=None, c_concat=None, **kwargs):
-            need = self.salient_in_channels - x.shape[1]
-            if c_concat is None:
-                raise NotAnInpaintingModelError(
-                    "The salient ControlNet needs an inpainting model: the model being sampled passes no "
-                    f"mask/masked-image channels (it is not a 9-channel inpainting model). Load {SD2_INPAINT_MODEL} "
-                    "with Load Checkpoint and use it for this KSampler."
-                )
-            if c_concat.shape[1] != need:
-                raise NotAnInpaintingModelError(
-                    f"The salient ControlNet takes {self.salient_in_channels} input channels, but the model being "
-                    f"sampled gives {x.shape[1]} latent + {c_concat.shape[1]} inpainting channels. Use {SD2_INPAINT_MODEL}."
-                )
-            width = self.salient_context_dim
-            if width is not None and context is not None and context.shape[-1] != width:
-                raise NotAnInpaintingModelError(
-                    f"The text conditioning is {context.shape[-1]} wide but the salient ControlNet needs {width} "
-                    f"(SD2's OpenCLIP ViT-H): encode the prompts with the CLIP of {SD2_INPAINT_MODEL}."
-                )
+            _check_control_inputs(self, x, context, y, c_concat)
             x = torch.cat([x, c_concat.to(device=x.device, dtype=x.dtype)], dim=1)
             return super().forward(x, hint, timesteps, context, y=y, **kwargs)
 
@@ -81,29 +153,83 @@ def _inpaint_control_class(base: type) -> type:
     return SalientInpaintControlNet
 
 
-def make_inpaint_control_model(control_model, in_channels: int = SALIENT_IN_CHANNELS, context_dim=SD2_CROSS_ATTENTION_DIM):
-    """Turn a loaded ComfyUI ``cldm.ControlNet`` into one whose forward accepts ``c_concat`` (in place, same weights)."""
+def make_inpaint_control_model(control_model, in_channels: int = SALIENT_IN_CHANNELS, context_dim=None,
+                               base: Optional[InpaintingBase] = None):
+    """Turn a loaded ComfyUI ``cldm.ControlNet`` into one whose forward accepts ``c_concat`` (in place, same weights).
+    ``base``: the inpainting base it was trained on (checked against the sampled model); ``context_dim``: the text
+    width to check when the base is unknown (tiny test models)."""
     control_model.__class__ = _inpaint_control_class(type(control_model))
     control_model.salient_in_channels = int(in_channels)
-    control_model.salient_context_dim = context_dim
+    control_model.salient_base = base
+    control_model.salient_context_dim = base.context_dim if base is not None else context_dim
     return control_model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the ControlNet wrapper: ComfyUI's stock ControlNet that checks the sampled model's base before sampling
+# ---------------------------------------------------------------------------------------------------------------
+_WRAPPER_CLASSES: dict[type, type] = {}
+
+
+def check_sampled_model(control_model, model) -> None:
+    """``model``: ComfyUI's BaseModel being sampled (``pre_run``). Same base as the ControlNet, or one clear error."""
+    controlnet_base = getattr(control_model, "salient_base", None)
+    config = getattr(model, "model_config", None)
+    unet_config = getattr(config, "unet_config", None)
+    if controlnet_base is None or not isinstance(unet_config, dict):
+        return
+    sampled = base_for_comfy_unet_config(unet_config)
+    check_same_base(controlnet_base, sampled, describe_sampled(sampled, unet_config.get("context_dim"),
+                                                                type(config).__name__))
+
+
+def _salient_wrapper_class(base: type) -> type:
+    """A subclass of ComfyUI's ``comfy.controlnet.ControlNet`` (``base``) that checks the sampled model in
+    ``pre_run`` and stays itself when copied (ComfyUI's ``copy`` builds a plain ``ControlNet``)."""
+    if base in _WRAPPER_CLASSES:
+        return _WRAPPER_CLASSES[base]
+
+    class SalientControlNet(base):
+        def pre_run(self, model, percent_to_timestep_function):
+            check_sampled_model(self.control_model, model)
+            super().pre_run(model, percent_to_timestep_function)
+
+        def copy(self):
+            c = super().copy()
+            c.__class__ = type(self)
+            return c
+
+    _WRAPPER_CLASSES[base] = SalientControlNet
+    return SalientControlNet
 
 
 def is_salient_controlnet(control_net) -> bool:
     return bool(getattr(getattr(control_net, "control_model", None), "salient_inpaint_control", False))
 
 
-def load_salient_controlnet(path: str, cross_attention_dim=SD2_CROSS_ATTENTION_DIM):
-    """Any accepted checkpoint form -> a stock ComfyUI ``ControlNet`` whose control model receives the concat."""
+def controlnet_base_of(control_net) -> Optional[InpaintingBase]:
+    return getattr(getattr(control_net, "control_model", None), "salient_base", None)
+
+
+def load_salient_controlnet(path: str, cross_attention_dim=FILE_BASE):
+    """Any accepted checkpoint form -> a stock ComfyUI ``ControlNet`` whose control model receives the concat.
+
+    The ControlNet remembers the base (SD2, SD1.5 or SDXL inpainting) the file is for (recorded by our export, else
+    read from its weights). ``cross_attention_dim``: a width to check instead (tests' tiny models, of no real base)."""
     state_dict, config = load_controlnet_state_dict(path, cross_attention_dim=cross_attention_dim)
+    recorded = config.get(BASE_RECORD) if cross_attention_dim is FILE_BASE else None
+    base = bases.get_base(recorded) if recorded else None
     comfy_sd = convert_diffusers_to_comfy(state_dict)
     loaded = comfy_glue.comfy_load_controlnet_state_dict(comfy_sd)
     control_model = getattr(loaded, "control_model", None)
     if control_model is None or not isinstance(control_model, comfy_glue.cldm_controlnet_class()):
         raise CheckpointError(f"ComfyUI did not load {path!r} as a ControlNet (got {type(loaded).__name__}). {WHERE_TO_GET}")
     width = config.get("cross_attention_dim")
-    make_inpaint_control_model(control_model, int(state_dict["conv_in.weight"].shape[1]), int(width) if width else None)
-    return comfy_glue.comfy_controlnet(control_model, like=loaded, extra_conds=["y", "c_concat"])
+    make_inpaint_control_model(control_model, int(state_dict["conv_in.weight"].shape[1]), int(width) if width else None,
+                               base=base)
+    control_net = comfy_glue.comfy_controlnet(control_model, like=loaded, extra_conds=["y", "c_concat"])
+    control_net.__class__ = _salient_wrapper_class(type(control_net))
+    return control_net
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -131,9 +257,9 @@ class LoadSalientControlNet:
     RETURN_NAMES = ("control_net",)
     FUNCTION = "load"
     CATEGORY = GENERATE_CATEGORY
-    DESCRIPTION = ("Loads the salient-aware ControlNet (9-channel, SD2 inpainting) so that it receives the inpainting "
-                   "mask and masked-image latents like the UNet. Works with Salient ControlNet Conditioning and with "
-                   "the stock Apply ControlNet (Advanced).")
+    DESCRIPTION = ("Loads the salient-aware ControlNet (9-channel; for SD2, SD1.5 or SDXL inpainting, read from its "
+                   "weights) so that it receives the inpainting mask and masked-image latents like the UNet. Works "
+                   "with Salient ControlNet Conditioning and with the stock Apply ControlNet (Advanced).")
 
     @classmethod
     def VALIDATE_INPUTS(cls, controlnet):
@@ -160,10 +286,11 @@ class SalientControlNetConditioning:
                 "negative": ("CONDITIONING",),
                 "control_net": ("CONTROL_NET", {"tooltip": "From Load Salient ControlNet."}),
                 "vae": ("VAE",),
-                "image": ("IMAGE", {"tooltip": "The photo (framed for SD2, e.g. 512x512)."}),
+                "image": ("IMAGE", {"tooltip": "The photo, framed to the base's square: 512 for SD2 and SD1.5 "
+                                               "inpainting, 1024 for SDXL inpainting."}),
                 "object_mask": ("MASK", {"tooltip": "1 = the object to keep (soft or binary). Inverted inside this node."}),
                 "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01,
-                                       "tooltip": "ControlNet scale. 1.0 = the paper; 0 = plain SD2 inpainting (baseline)."}),
+                                       "tooltip": "ControlNet scale. 1.0 = the paper; 0 = plain inpainting (the baseline)."}),
                 "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001}),
                 "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001}),
             },
@@ -180,7 +307,8 @@ class SalientControlNetConditioning:
     CATEGORY = GENERATE_CATEGORY
     DESCRIPTION = ("Inpainting conditioning for the salient ControlNet as the paper builds it: inverted binarised mask "
                    "and masked image (background mid-grey) for the UNet and the ControlNet, soft inverted mask as the "
-                   "hint. Connect an SD2 inpainting model (512-inpainting-ema) to the KSampler.")
+                   "hint. Connect the inpainting model the ControlNet was trained for (SD2 512-inpainting-ema, SD1.5 "
+                   "or SDXL inpainting) to the KSampler.")
 
     def apply(self, positive, negative, control_net, vae, image, object_mask, strength=1.0, start_percent=0.0,
               end_percent=1.0, noise_mask=False):
@@ -191,6 +319,7 @@ class SalientControlNetConditioning:
             )
         if start_percent > end_percent:
             raise InputError(f"start_percent {start_percent} is after end_percent {end_percent}")
+        check_prompts_base(control_net, positive)
         images = image_ops.as_rgb_images(image, what="image")
         masks = image_ops.match_mask_to_images(object_mask, images, what="object_mask")
         ratio = getattr(vae, "downscale_ratio", 8)
@@ -214,6 +343,18 @@ class SalientControlNetConditioning:
         return (positive, negative, latent)
 
 
+def check_prompts_base(control_net, conditioning) -> None:
+    """The prompts' text encoder gives away the sampled model's base (768 wide: SD1.5, 1024: SD2, 2048 + pooled
+    output: SDXL): a mismatch with the ControlNet's base is reported here, before anything is encoded."""
+    if not conditioning:
+        return
+    width = int(conditioning[0][0].shape[-1])
+    # every CLIP gives a pooled output; only SDXL's model turns it into added conditioning, and only SDXL is 2048 wide
+    sampled = base_for_context(width, width == bases.BASES["sdxl-inpainting"].context_dim)
+    check_same_base(controlnet_base_of(control_net), sampled, describe_sampled(sampled, width),
+                    what="the prompts' text encoder (from the Load Checkpoint feeding CLIP Text Encode)")
+
+
 FRAME_MODES = ["letterbox", "crop around object"]
 _FRAMING_MODE = {"letterbox": framing.FIT, "crop around object": framing.CROP}
 
@@ -228,7 +369,8 @@ class FrameForSD2:
                                        "tooltip": "letterbox = the paper: the whole photo fitted in the square, centred, "
                                                   "black padding. crop around object = a square around the object with a margin."}),
                 "size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8,
-                                 "tooltip": "Side of the square canvas; SD2 inpainting was trained at 512."}),
+                                 "tooltip": "Side of the square canvas: 512 for SD2 and SD1.5 inpainting, 1024 for "
+                                            "SDXL inpainting (the sizes they were trained at)."}),
                 "upscale_small": ("BOOLEAN", {"default": False,
                                               "tooltip": "Enlarge photos smaller than the canvas (the paper only shrinks; "
                                                          "small photos then fill only part of the canvas)."}),
@@ -242,7 +384,8 @@ class FrameForSD2:
     RETURN_NAMES = ("image", "object_mask", "frame")
     FUNCTION = "frame"
     CATEGORY = FRAMING_CATEGORY
-    DESCRIPTION = "Fits the photo (and its object mask) into SD2's square canvas and remembers how, for Restore Frame."
+    DESCRIPTION = ("Fits the photo (and its object mask) into the inpainting model's square canvas (512 for SD2/SD1.5, "
+                   "1024 for SDXL) and remembers how, for Restore Frame.")
 
     def frame(self, image, mode="letterbox", size=512, upscale_small=False, margin=0.25, object_mask=None):
         if mode not in _FRAMING_MODE:

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from salient_background.models.errors import InputError
+from salient_background.models.generation.bases import get_base
 from salient_background.models.generation.inpaint_inputs import build_inpaint_inputs, latent_mask
 from salient_background.nodes import comfy_glue, controlnet_nodes
 from salient_background.nodes.controlnet_nodes import (
+    BaseMismatchError,
     NotAnInpaintingModelError,
     SalientControlNetConditioning,
     make_inpaint_control_model,
@@ -95,15 +97,19 @@ def test_control_model_appends_c_concat_after_x():
 
 
 def test_control_model_errors_name_the_inpainting_model():
-    model = make_inpaint_control_model(FakeControlNet(), in_channels=9, context_dim=1024)
+    model = make_inpaint_control_model(FakeControlNet(), in_channels=9, base=get_base("sd2-inpainting"))
     x = torch.randn(1, 4, 8, 8)
     with pytest.raises(NotAnInpaintingModelError, match="512-inpainting-ema") as err:
         model(x=x, hint=None, timesteps=None, context=torch.zeros(1, 77, 1024), c_concat=None)
     assert "not a 9-channel inpainting model" in str(err.value)
     with pytest.raises(NotAnInpaintingModelError, match="4 latent \\+ 1 inpainting channels"):
         model(x=x, hint=None, timesteps=None, context=torch.zeros(1, 77, 1024), c_concat=torch.zeros(1, 1, 8, 8))
-    with pytest.raises(NotAnInpaintingModelError, match="768 wide"):
+    with pytest.raises(BaseMismatchError, match="is for Stable Diffusion 2 inpainting, but .* Stable Diffusion 1.5"):
         model(x=x, hint=None, timesteps=None, context=torch.zeros(1, 77, 768), c_concat=torch.zeros(1, 5, 8, 8))
+    # a ControlNet of unknown base (tests' tiny models) still checks the width it was given
+    tiny = make_inpaint_control_model(FakeControlNet(), in_channels=9, context_dim=32)
+    with pytest.raises(BaseMismatchError, match="768 wide but the salient ControlNet needs 32"):
+        tiny(x=x, hint=None, timesteps=None, context=torch.zeros(1, 77, 768), c_concat=torch.zeros(1, 5, 8, 8))
 
 
 # ---------------------------------------------------------------------------------------------- the node
@@ -122,7 +128,7 @@ class FakeVAE:
 
 
 class FakeSalientControlNet:
-    control_model = make_inpaint_control_model(FakeControlNet())
+    control_model = make_inpaint_control_model(FakeControlNet(), base=get_base("sd2-inpainting"))
 
 
 @pytest.fixture

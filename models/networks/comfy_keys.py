@@ -1,8 +1,10 @@
 """Key names of the salient ControlNet: diffusers <-> ComfyUI (ldm ``cldm.ControlNet``), both directions, exact.
 
 Pure string work (no ComfyUI, no diffusers import). ComfyUI's own diffusers-ControlNet loader only knows fixed
-templates and has none for a 9-input-channel SD2 ControlNet, so the nodes convert the keys here and hand ComfyUI a
-state dict in its own layout (which it then recognises from the weights: SD2, 9 input channels, 1024-wide context).
+templates and has none for a 9-input-channel inpainting ControlNet, so the nodes convert the keys here and hand
+ComfyUI a state dict in its own layout, which it then recognises from the weights like a UNet: SD1.5 (768-wide
+context, convolutional projections: 8 heads), SD2 (1024, linear projections, head size 64) or SDXL (2048, the
+``label_emb`` added-conditioning embedding, no attention in the first level, deeper transformers per level).
 
 Mapping (L = ``layers_per_block``, i = down block, j = layer in it):
 
@@ -20,6 +22,7 @@ down_blocks.i.downsamplers.0.conv            input_blocks.((i+1)(L+1)).0.op
 mid_block.resnets.0 / attentions.0 / resnets.1   middle_block.0 / .1 / .2
 controlnet_down_blocks.n                     zero_convs.n.0
 controlnet_mid_block                         middle_block_out.0
+add_embedding.linear_1 / linear_2 (SDXL)     label_emb.0.0 / label_emb.0.2
 =========================================== ========================================================
 
 ResNet sub-names: norm1 -> in_layers.0, conv1 -> in_layers.2, time_emb_proj -> emb_layers.1,
@@ -56,6 +59,7 @@ class ControlNetLayout:
     transformer_depth: tuple[int, ...]  # per down block; 0 = no attention (DownBlock2D)
     mid_transformer_depth: int
     cond_embedding_channels: tuple[int, ...]  # conditioning_embedding_out_channels
+    added_embedding: bool = False  # SDXL's text_time added conditioning (add_embedding.linear_1/2)
 
     @property
     def num_cond_blocks(self) -> int:
@@ -72,13 +76,14 @@ class ControlNetLayout:
         mid_depth = 0 if mid_type in (None, "UNetMidBlock2D") else depth[-1]
         lpb = config.get("layers_per_block", 2)
         if not isinstance(lpb, int):
-            raise CheckpointError(f"per-block layers_per_block {lpb!r} is not supported (not an SD2 ControlNet)")
+            raise CheckpointError(f"per-block layers_per_block {lpb!r} is not supported (not an SD1/SD2/SDXL-style ControlNet)")
         return cls(
             block_out_channels=channels,
             layers_per_block=lpb,
             transformer_depth=per_block,
             mid_transformer_depth=mid_depth,
             cond_embedding_channels=tuple(config.get("conditioning_embedding_out_channels", (16, 32, 96, 256))),
+            added_embedding=config.get("addition_embed_type") == "text_time",
         )
 
     @classmethod
@@ -108,7 +113,8 @@ class ControlNetLayout:
             for k in range(1, n_cond, 2):
                 w = state_dict.get(f"controlnet_cond_embedding.blocks.{k}.weight")
                 cond.append(int(w.shape[0]) if w is not None else 0)
-        return cls(tuple(channels), lpb, tuple(depth), mid_depth, tuple(cond))
+        added = any(k.startswith("add_embedding.") for k in keys)
+        return cls(tuple(channels), lpb, tuple(depth), mid_depth, tuple(cond), added)
 
 
 def _transformer_keys(prefix: str, depth: int) -> list[str]:
@@ -140,10 +146,13 @@ def _resnet_suffix_to_diffusers(rest: str) -> str | None:
     return f"{renamed}.{tail}"
 
 def expected_diffusers_keys(layout: ControlNetLayout) -> list[str]:
-    """Every key of a diffusers ``ControlNetModel`` with this layout (no class embedding, no add-embedding)."""
+    """Every key of a diffusers ``ControlNetModel`` with this layout (no class embedding; SDXL's add-embedding when
+    the layout has one)."""
     wb = ("weight", "bias")
     keys = [f"conv_in.{b}" for b in wb]
     keys += [f"time_embedding.linear_{i}.{b}" for i in (1, 2) for b in wb]
+    if layout.added_embedding:
+        keys += [f"add_embedding.linear_{i}.{b}" for i in (1, 2) for b in wb]
     keys += [f"controlnet_cond_embedding.conv_in.{b}" for b in wb]
     keys += [f"controlnet_cond_embedding.blocks.{k}.{b}" for k in range(layout.num_cond_blocks) for b in wb]
     keys += [f"controlnet_cond_embedding.conv_out.{b}" for b in wb]
@@ -196,6 +205,8 @@ def diffusers_key_to_comfy(key: str, layers_per_block: int, num_cond_blocks: int
         "controlnet_cond_embedding.conv_in.": "input_hint_block.0.",
         "controlnet_cond_embedding.conv_out.": f"input_hint_block.{2 * (num_cond_blocks + 1)}.",
         "controlnet_mid_block.": "middle_block_out.0.",
+        "add_embedding.linear_1.": "label_emb.0.0.",
+        "add_embedding.linear_2.": "label_emb.0.2.",
     }
     for src, dst in simple.items():
         if key.startswith(src):
@@ -256,8 +267,8 @@ def diffusers_to_comfy_key_map(keys: Iterable[str]) -> dict[str, str]:
         from .checkpoint_io import describe_keys
 
         raise CheckpointError(
-            "these ControlNet keys have no ComfyUI counterpart (not an SD1/SD2-style ControlNet, or extra "
-            f"modules such as a class/add embedding): {describe_keys(unmapped)}"
+            "these ControlNet keys have no ComfyUI counterpart (not an SD1/SD2/SDXL-style ControlNet, or extra "
+            f"modules such as a class embedding): {describe_keys(unmapped)}"
         )
     if len(set(mapping.values())) != len(mapping):
         raise CheckpointError("ControlNet key conversion is not one-to-one (inconsistent block structure)")
@@ -336,7 +347,8 @@ def _comfy_key_candidates(key: str, L: int, num_cond: int, n_input: int) -> list
     if m:
         return [f"controlnet_down_blocks.{m[1]}.{m[2]}"]
     for src, dst in (("time_embed.0.", "time_embedding.linear_1."), ("time_embed.2.", "time_embedding.linear_2."),
-                     ("middle_block_out.0.", "controlnet_mid_block.")):
+                     ("middle_block_out.0.", "controlnet_mid_block."), ("label_emb.0.0.", "add_embedding.linear_1."),
+                     ("label_emb.0.2.", "add_embedding.linear_2.")):
         if key.startswith(src):
             return [dst + key[len(src):]]
     return []

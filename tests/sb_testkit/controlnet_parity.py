@@ -84,3 +84,87 @@ def comfy_residuals_to_arrays(control: dict) -> dict[str, np.ndarray]:
     out = {f"output_{i}": t.float().cpu().numpy() for i, t in enumerate(control["output"])}
     out["middle_0"] = control["middle"][0].float().cpu().numpy()
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the other bases at full width: SD1.5 (ComfyUI detects SD15: 8 heads, convolutional projections) and an SDXL-family
+# ControlNet (ComfyUI detects Segmind_Vega: SDXL's levels and label_emb, transformer depth 0/1/2, a middle block
+# without attention) -- ComfyUI's head layout comes from the family it detects, so these need the real widths.
+# ---------------------------------------------------------------------------------------------------------------
+def _without_private(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+
+def sd15_controlnet_config() -> dict:
+    """The salient ControlNet cloned from SD1.5 inpainting's UNet (stable-diffusion-v1-5/stable-diffusion-inpainting)."""
+    from salient_background.models.networks.controlnet_checkpoint import SD2_SALIENT_CONTROLNET_CONFIG
+
+    cfg = _without_private(SD2_SALIENT_CONTROLNET_CONFIG)
+    cfg.update(attention_head_dim=8, cross_attention_dim=768, use_linear_projection=False)
+    return cfg
+
+
+def sdxl_controlnet_config() -> dict:
+    """The salient ControlNet cloned from SDXL inpainting's UNet (diffusers/stable-diffusion-xl-1.0-inpainting-0.1)."""
+    cfg = sd15_controlnet_config()
+    cfg.update(
+        block_out_channels=[320, 640, 1280], down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        attention_head_dim=[5, 10, 20], transformer_layers_per_block=[1, 2, 10], cross_attention_dim=2048,
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+    )
+    return cfg
+
+
+def vega_controlnet_config() -> dict:
+    """SDXL's family at Segmind-Vega's depth (transformers 0/1/2 per level, middle block without attention)."""
+    cfg = sdxl_controlnet_config()
+    cfg.update(transformer_layers_per_block=[1, 1, 2], mid_block_type="UNetMidBlock2D")
+    return cfg
+
+
+BASE_PARITY_CONFIGS = {"sd15-inpainting": sd15_controlnet_config, "sdxl-inpainting": vega_controlnet_config}
+SDXL_POOLED_DIM = 1280
+
+
+def build_base_controlnet(base: str, seed: int = PARITY_SEED, std: float = 0.02):
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    return randomize_all_tensors(ControlNetModel(**BASE_PARITY_CONFIGS[base]()), seed + 1, std=std).eval()
+
+
+def base_parity_inputs(base: str, seed: int = PARITY_SEED) -> dict[str, torch.Tensor]:
+    """The parity inputs at the base's context width; SDXL adds the pooled text embedding and the 6 time ids
+    (original size, crop top-left, target size) that make its added conditioning."""
+    inputs = parity_inputs(seed)
+    g = torch.Generator().manual_seed(seed + 11)
+    width = BASE_PARITY_CONFIGS[base]()["cross_attention_dim"]
+    inputs["context"] = torch.randn(2, 5, width, generator=g)
+    if base == "sdxl-inpainting":
+        inputs["text_embeds"] = torch.randn(2, SDXL_POOLED_DIM, generator=g)
+        inputs["time_ids"] = torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0], [768.0, 1344.0, 16.0, 8.0, 1024.0, 1024.0]])
+    return inputs
+
+
+@torch.no_grad()
+def diffusers_base_residuals(controlnet, inputs) -> dict[str, np.ndarray]:
+    """Like :func:`diffusers_residuals`, passing SDXL's added conditioning when the inputs have it."""
+    sample = torch.cat([inputs["x"], inputs["c_concat"]], dim=1)
+    added = {k: inputs[k] for k in ("text_embeds", "time_ids") if k in inputs} or None
+    down, mid = controlnet(
+        sample, inputs["timesteps"], encoder_hidden_states=inputs["context"], controlnet_cond=inputs["hint"],
+        conditioning_scale=1.0, added_cond_kwargs=added, return_dict=False,
+    )
+    out = {f"output_{i}": d.float().numpy() for i, d in enumerate(down)}
+    out["middle_0"] = mid.float().numpy()
+    return out
+
+
+def comfy_keys_path(base: str) -> str:
+    """Where the integration run pins ComfyUI's key names/shapes for a full-size ControlNet of ``base``."""
+    short = base.split("-")[0]
+    return os.path.join(os.path.dirname(GOLDEN_PATH), f"comfy_{short}_controlnet_keys.json")
+
+
+FULL_SIZE_CONFIGS = {"sd15-inpainting": sd15_controlnet_config, "sdxl-inpainting": sdxl_controlnet_config}
