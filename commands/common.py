@@ -56,12 +56,13 @@ class SharedRun:
 
 
 def run_shared_part(ranks, journal, works: list, *, key, total: int, unit: str, desc: str, args, make_runner,
-                    journal_for=None, record_key=None) -> SharedRun:
+                    journal_for=None, record_key=None, describe=None) -> SharedRun:
     """Every process does the works it owns (``ranks.owns(key(work))``) and records each in ``journal``; returns
     once every process is done (the main process may then merge the records).
 
     ``journal`` also holds the progress counters; ``journal_for(work)`` / ``record_key(work)`` say where a work's
-    record goes when that is not ``journal`` / ``key(work)``.
+    record goes when that is not ``journal`` / ``key(work)``; ``describe(work)`` names it in messages (default: its
+    ``source``).
     ``make_runner(mine, progress)`` loads the models (only when this process owns work) and returns an object with
     ``load``, ``compute``, ``save`` (see :func:`models.runs.engine.run_items`) and ``failure_record(work, reason)``.
     """
@@ -80,7 +81,7 @@ def run_shared_part(ranks, journal, works: list, *, key, total: int, unit: str, 
 
             def finish(work, record, failure):
                 if failure is not None:
-                    log.error("skipped %s: %s", getattr(work, "source", None) or key(work), failure)
+                    log.error("skipped %s: %s", (describe or (lambda w: w.source))(work), failure)
                     record = runner.failure_record(work, failure)
                 (journal_for or (lambda _: journal))(work).write((record_key or key)(work), record)
 

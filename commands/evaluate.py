@@ -323,7 +323,8 @@ def _evaluate(args: argparse.Namespace, ranks) -> dict:
     state = _open_output(args, settings, journal, ranks)
     todo, skipped = _plan(rows, state, args)
     fields = _csv_fields(args)
-    run_shared_part(ranks, journal, todo, key=lambda r: r["mask"], record_key=_record_key, total=len(todo),
+    run_shared_part(ranks, journal, todo, key=lambda r: os.path.basename(r["mask"]), record_key=_record_key,
+                    describe=lambda r: r["generated"], total=len(todo),
                     unit="image", desc="evaluate", args=args,
                     make_runner=lambda mine, progress: _runner(args, loaded, device, progress))
     if not ranks.is_main:

@@ -352,6 +352,7 @@ class FolderState:
     rows: dict
     failed: dict
     pending: dict
+    started: dict = field(default_factory=dict)  # tag -> settings, of photos a stopped run was writing
 
 
 def read_state(out: str, journal) -> FolderState:
@@ -370,7 +371,7 @@ def read_state(out: str, journal) -> FolderState:
     raw = {row.get("id"): row for row in data.get("rows", []) if isinstance(row, dict)}
     failed = {f["id"]: f for f in data.get("failed", []) if isinstance(f, dict) and "id" in f}
     pending = journal.pending()
-    _fold_records(raw, failed, pending)
+    started = _fold_records(raw, failed, pending)
     rows = {}
     exists = lambda rel: bool(rel) and os.path.isfile(os.path.join(out, rel))  # noqa: E731
     for tag, row in raw.items():
@@ -380,17 +381,23 @@ def read_state(out: str, journal) -> FolderState:
                   for im in row["images"] if exists(im.get("generated"))]
         if images:
             rows[tag] = dict(row, images=images)
-    return FolderState(rows, failed, pending)
+    return FolderState(rows, failed, pending, started)
 
 
-def _fold_records(rows: dict, failed: dict, records: dict) -> None:
-    """Add per-photo records to manifest rows and failures (a photo done now is no longer failed)."""
+def _fold_records(rows: dict, failed: dict, records: dict) -> dict:
+    """Add per-photo records to manifest rows and failures (a photo done now is no longer failed); returns the
+    settings of the rows whose photo was being written when its run stopped (tag -> settings)."""
+    started = {}
     for _, record in sorted(records.items()):
-        if "failed" in record:
+        if "started" in record:
+            started.update(record["started"])
+            rows.update(record["rows"])
+        elif "failed" in record:
             failed[record["id"]] = {"id": record["id"], "source": record["source"], "reason": record["failed"]}
         else:
             failed.pop(record["id"], None)
             rows.update(record["rows"])
+    return started
 
 
 def _csv_row(row: dict) -> dict:
@@ -448,12 +455,13 @@ def _record_image(rows: dict, job: Job, run: dict, framed: "FramedPhoto", out: s
 
 
 # ---------------------------------------------------------------------------------------------- what is left to do
-def plan_against_folder(jobs: list[Job], rows: dict[str, dict], run: dict, args, out: str) -> list[Job]:
+def plan_against_folder(jobs: list[Job], rows: dict[str, dict], run: dict, args, out: str,
+                        started: Optional[dict] = None) -> list[Job]:
     """The jobs still to do in ``out``; ``rows`` loses the rows (and images) that this run replaces.
 
     An image is done when its row has the same settings (and, with --restore, its restored file). Images made with
     other settings, or not described by the manifest, make this an :class:`InputError` naming what differs, unless
-    --overwrite."""
+    --overwrite. ``started`` (tag -> settings) names the rows a stopped run was writing: their files are redone."""
     by_tag: dict[str, list[Job]] = {}
     for job in jobs:
         by_tag.setdefault(job.tag, []).append(job)
@@ -461,7 +469,8 @@ def plan_against_folder(jobs: list[Job], rows: dict[str, dict], run: dict, args,
     undescribed: list[str] = []
     todo = []
     for tag, tag_jobs in by_tag.items():
-        todo += _todo_for_row(tag_jobs, rows, run, args, out, differing, undescribed)
+        ours = (started or {}).get(tag) == tag_jobs[0].settings(run)
+        todo += _todo_for_row(tag_jobs, rows, run, args, out, differing, [] if ours else undescribed)
     _check_other_rows(rows, set(by_tag), todo, run, args, differing)
     if differing and not args.overwrite:
         raise InputError(
@@ -630,8 +639,8 @@ def _generate_batch(pipe, chunk: list[Job], framed: dict[str, FramedPhoto], args
 class PhotoRunner:
     """The three steps :func:`models.runs.engine.run_items` calls per photo: load (files), compute (models), save."""
 
-    def __init__(self, args, out: str, settings: dict, salient, pipe, progress):
-        self.args, self.out, self.settings = args, out, settings
+    def __init__(self, args, out: str, settings: dict, salient, pipe, progress, journal):
+        self.args, self.out, self.settings, self.journal = args, out, settings, journal
         self.salient, self.pipe, self.progress = salient, pipe, progress
         self.dirs = _output_dirs(out)
 
@@ -664,6 +673,10 @@ class PhotoRunner:
     def save(self, work: PhotoWork, result) -> dict:
         """Write inputs/, masks/, generated/ (and restored/); return the photo's record (its manifest rows)."""
         framed, photo, pictures = result
+        # first say which files are being written, with which settings: if the run stops now, a rerun redoes them
+        self.journal.write(work.item.id, {"id": work.item.id, "source": _abs(work.item.path),
+                                          "started": {j.tag: j.settings(self.settings) for j in work.jobs},
+                                          "rows": work.rows})  # what was true before stays described
         save_image_atomically(framed.picture, framed.input_path)
         save_image_atomically(framed.mask, framed.mask_path)
         rows = {tag: dict(row) for tag, row in work.rows.items()}
@@ -730,7 +743,7 @@ def _run(args: argparse.Namespace, ranks) -> int:
     jobs = plan_jobs(items, args)
     journal = Journal(out, "generate")
     state = read_state(out, journal)
-    todo = plan_against_folder(jobs, state.rows, settings, args, out)
+    todo = plan_against_folder(jobs, state.rows, settings, args, out, state.started)
     skipped_failed = sorted({j.item.id for j in todo if j.item.id in state.failed and not args.retry_failed})
     todo = [job for job in todo if args.retry_failed or job.item.id not in state.failed]
     works = _works(todo, state.rows)
@@ -748,7 +761,7 @@ def _run(args: argparse.Namespace, ranks) -> int:
             os.makedirs(folder, exist_ok=True)
     run_shared_part(
         ranks, journal, works, key=lambda w: w.item.id, total=len(todo) * args.steps, unit="step", desc="generate",
-        args=args, make_runner=lambda mine, progress: _runner(mine, args, out, settings, device, dtype, progress))
+        args=args, make_runner=lambda mine, progress: _runner(mine, args, out, settings, device, dtype, progress, journal))
     if not ranks.is_main:
         return 0
     failed_now = [r["id"] for r in journal.pending().values() if "failed" in r]
@@ -761,7 +774,7 @@ def _run(args: argparse.Namespace, ranks) -> int:
     return 1 if merged.failed else 0
 
 
-def _runner(mine: list[PhotoWork], args, out, settings, device, dtype, progress) -> PhotoRunner:
+def _runner(mine: list[PhotoWork], args, out, settings, device, dtype, progress, journal) -> PhotoRunner:
     """Load the models this process needs for its photos (the salient model only when a photo has no mask)."""
     from ..models.generation.pipeline import load_pipeline
 
@@ -774,7 +787,7 @@ def _runner(mine: list[PhotoWork], args, out, settings, device, dtype, progress)
         args.pipeline, si2_path=args.si2, controlnet_path=args.controlnet, use_controlnet=args.controlnet_scale != 0,
         device=device, dtype=dtype, scheduler=args.scheduler.lower(),
     )
-    return PhotoRunner(args, out, settings, salient, pipe, progress)
+    return PhotoRunner(args, out, settings, salient, pipe, progress, journal)
 
 
 def _merge(out: str, journal, state: FolderState, settings: dict) -> FolderState:

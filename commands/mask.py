@@ -91,8 +91,8 @@ class MaskWork:
         return os.path.abspath(self.found.path)
 
     @property
-    def key(self) -> str:  # ownership: one process per output file
-        return os.path.join(self.folder, self.id)
+    def key(self) -> str:  # which process does it: the id alone, so the share does not depend on the folder's path
+        return self.id
 
 
 def run_settings(args, dtype) -> dict:
@@ -304,7 +304,7 @@ def _dry_run(ranks, works, todo, skipped, states) -> int:
             status = f"failed before, skipped (--retry-failed): {states[work.folder][1][work.id]['reason']}"
         else:
             status = "done"
-        print(f"{work.key}\t{work.found.path}\t{status}")
+        print(f"{os.path.join(work.folder, work.id)}\t{work.found.path}\t{status}")
     print(f"dry run: {len(works)} image(s); {len(todo)} to do, {len(works) - len(todo) - len(skipped)} done, "
           f"{len(skipped)} failed before (skipped)")
     return 0

@@ -47,7 +47,8 @@ class Journal:
         return records
 
     def consume(self, keys: Iterable[str]) -> None:
-        """Remove merged records (the manifest now holds them), and the folders once empty."""
+        """Remove merged records (the manifest now holds them), the progress counters, and the folders once empty."""
+        self.clear_progress()
         for key in keys:
             try:
                 os.remove(self._path(key))
