@@ -97,10 +97,12 @@ def check_same_base(controlnet_base: Optional[InpaintingBase], sampled: Optional
     """Raise :class:`BaseMismatchError` naming both bases when they differ (unknown ControlNet base: no check)."""
     if controlnet_base is None or sampled is controlnet_base:
         return
+    other = (f"for {sampled.title} (python -m salient_background training train --base {sampled.name} trains one)"
+             if sampled is not None else "for that model")
     raise BaseMismatchError(
         f"this salient ControlNet is for {controlnet_base.title}, but {what} is {sampled_text}: load "
-        f"{inpainting_model_hint(controlnet_base)} with Load Checkpoint (and encode the prompts with its CLIP), or load "
-        f"a salient ControlNet trained for that model (python -m salient_background train trains one)."
+        f"{inpainting_model_hint(controlnet_base)} with Load Checkpoint (and encode the prompts with its CLIP), or use "
+        f"a salient ControlNet trained {other}."
     )
 
 

@@ -28,6 +28,15 @@ OBJECT_INFO = workflow_check.CORE_OBJECT_INFO
 
 SD2_INPAINT = "512-inpainting-ema.safetensors"
 CONTROLNET = "photo-background-generation"
+# The other inpainting bases: no salient ControlNet is published for them; the workflows name the folder our trainer's
+# export is told to write (python -m salient_background training export <checkpoint> <models/controlnet/NAME>).
+SD15_INPAINT = "sd-v1-5-inpainting.ckpt"  # as published in stable-diffusion-v1-5/stable-diffusion-inpainting
+SDXL_INPAINT = "sd_xl_1.0_inpainting_0.1.safetensors"  # diffusers/stable-diffusion-xl-1.0-inpainting-0.1 as one file
+SD15_CONTROLNET = "salient_controlnet_sd15"
+SDXL_CONTROLNET = "salient_controlnet_sdxl"
+# Checkpoints the pack does not download (no row in models/model_files/model_registry.py): the workflow's note says
+# where to get them, so the loader carries no frontend download entry.
+UNREGISTERED_MODELS = {SD15_INPAINT, SDXL_INPAINT}
 SALIENT_CKPT = "ckpt_base.pth"
 SAM_CKPT = "sam_vit_b_01ec64.pth"
 EXAMPLE_IMAGE = "example_product.png"
@@ -131,7 +140,7 @@ MODEL_WIDGETS = {"CheckpointLoaderSimple": "ckpt_name", "SalientBG_LoadSalientMo
 def model_entries(node_type: str, widget_values: dict) -> list[dict]:
     """The frontend's ``properties.models`` of a loader: [{name, url, directory}] for its model file."""
     widget = MODEL_WIDGETS.get(node_type)
-    if widget is None:
+    if widget is None or widget_values[widget] in UNREGISTERED_MODELS:
         return []
     rows = model_registry.lookup(widget_values[widget])
     if len(rows) != 1 or rows[0].filename != widget_values[widget]:
@@ -149,10 +158,11 @@ MODEL_NOTE = (
 )
 
 
-def _sd2_background(g: Graph, image, object_mask, row0: float, strength: float = 1.0, seed: int = 42, title: str = ""):
+def _sd2_background(g: Graph, image, object_mask, row0: float, strength: float = 1.0, seed: int = 42, title: str = "",
+                    checkpoint: str = SD2_INPAINT, controlnet_name: str = CONTROLNET):
     """Checkpoint + prompts + salient ControlNet conditioning + sampler + decode. Returns (decoded, loaders)."""
-    ckpt = g.add("CheckpointLoaderSimple", 2, row0, ckpt_name=SD2_INPAINT)
-    controlnet = g.add("SalientBG_ControlNetLoader", 2, row0 + 4, controlnet=CONTROLNET)
+    ckpt = g.add("CheckpointLoaderSimple", 2, row0, ckpt_name=checkpoint)
+    controlnet = g.add("SalientBG_ControlNetLoader", 2, row0 + 4, controlnet=controlnet_name)
     positive = g.add("CLIPTextEncode", 3, row0, title="Prompt (the new background)", text=PROMPT)
     negative = g.add("CLIPTextEncode", 3, row0 + 6, title="Negative prompt", text=NEGATIVE)
     g.connect(ckpt, "CLIP", positive, "clip")
@@ -172,26 +182,25 @@ def _sd2_background(g: Graph, image, object_mask, row0: float, strength: float =
     return decode, ckpt, cond
 
 
-def paper_workflow(schemas) -> Graph:
-    g = Graph(schemas, "Background generation as in the paper")
-    g.note(0, -5, "Background generation as in the paper (arXiv 2404.10157): salient mask (soft) -> 512 letterbox -> "
-                  "SD2 inpainting + salient ControlNet (strength 1.0) -> UniPC, 20 steps, CFG 7.5 -> restore to the "
-                  "photo's size -> object expansion score.\nSet: the photo in Load Image, the prompt.\n" + MODEL_NOTE,
-           width=760, height=200)
+def paper_workflow(schemas, variant: str = "sd2") -> Graph:
+    """The paper's graph; ``variant`` "sd15" / "sdxl" swaps in that inpainting base, its ControlNet and canvas size."""
+    setup = PAPER_VARIANTS[variant]
+    g = Graph(schemas, setup["title"])
+    g.note(0, -5, setup["note"], width=760, height=setup.get("note_height", 200))
     photo = g.add("LoadImage", 0, 0, image=EXAMPLE_IMAGE)
     salient_model = g.add("SalientBG_LoadSalientModel", 0, 9, checkpoint=SALIENT_CKPT)
     salient = g.add("SalientBG_SalientMask", 1, 0)
     g.connect(salient_model, 0, salient, "salient_model")
     g.connect(photo, "IMAGE", salient, "image")
-    frame = g.add("SalientBG_FrameForSD2", 1, 8)
+    frame = g.add("SalientBG_FrameForSD2", 1, 8, title=setup.get("frame_title"), size=setup["size"])
     g.connect(photo, "IMAGE", frame, "image")
     g.connect(salient, "object_mask", frame, "object_mask")
-    decoded, _, _ = _sd2_background(g, frame, frame, 0)
+    decoded, _, _ = _sd2_background(g, frame, frame, 0, checkpoint=setup["checkpoint"], controlnet_name=setup["controlnet"])
     restore = g.add("SalientBG_RestoreFrame", 7, 0)
     g.connect(decoded, 0, restore, "image")
     g.connect(frame, "frame", restore, "frame")
     g.connect(photo, "IMAGE", restore, "original_image")
-    save = g.add("SaveImage", 8, 0, filename_prefix="salient_background/paper")
+    save = g.add("SaveImage", 8, 0, filename_prefix=setup["prefix"])
     g.connect(restore, "image", save, "images")
     sam = g.add("SalientBG_SAMLoader", 6, 8, sam_name=SAM_CKPT)
     score = g.add("SalientBG_ObjectExpansionScore", 7, 8)
@@ -311,8 +320,49 @@ def cutout_workflow(schemas) -> Graph:
     return g
 
 
+def _base_note(title: str, base: str, checkpoint: str, where: str, controlnet: str, size: int) -> str:
+    return (
+        f"The paper's workflow on {title}: salient mask (soft) -> {size} letterbox -> {title} + a salient ControlNet "
+        f"trained for it (strength 1.0) -> UniPC, 20 steps, CFG 7.5 -> restore to the photo's size -> object "
+        "expansion score.\n"
+        f"NEEDS a salient ControlNet trained for {title}: none is published (the paper's is for SD2). Train one with "
+        f"python -m salient_background training train --base {base} ... and export it with python -m "
+        f"salient_background training export <checkpoint> <ComfyUI>/models/controlnet/{controlnet}\n"
+        "Set: the photo in Load Image, the prompt.\nModels:\n"
+        f"- {checkpoint} -> models/checkpoints ({where})\n"
+        f"- {controlnet}/ (your exported salient ControlNet for {title}) -> models/controlnet\n"
+        f"- {SALIENT_CKPT} -> models/salient (InSPyReNet via transparent-background, MIT)\n"
+        f"- {SAM_CKPT} -> models/sams (Meta SAM ViT-B, Apache-2.0)"
+    )
+
+
+PAPER_VARIANTS = {
+    "sd2": dict(
+        title="Background generation as in the paper", size=512, checkpoint=SD2_INPAINT, controlnet=CONTROLNET,
+        prefix="salient_background/paper",
+        note="Background generation as in the paper (arXiv 2404.10157): salient mask (soft) -> 512 letterbox -> "
+             "SD2 inpainting + salient ControlNet (strength 1.0) -> UniPC, 20 steps, CFG 7.5 -> restore to the "
+             "photo's size -> object expansion score.\nSet: the photo in Load Image, the prompt.\n" + MODEL_NOTE),
+    "sd15": dict(
+        title="The paper's workflow on SD1.5 inpainting", size=512, checkpoint=SD15_INPAINT, controlnet=SD15_CONTROLNET,
+        prefix="salient_background/paper_sd15", frame_title="Frame (512 for SD1.5)", note_height=260,
+        note=_base_note("Stable Diffusion 1.5 inpainting", "sd15-inpainting", SD15_INPAINT,
+                        "stable-diffusion-v1-5/stable-diffusion-inpainting, CreativeML Open RAIL-M",
+                        SD15_CONTROLNET, 512)),
+    "sdxl": dict(
+        title="The paper's workflow on SDXL inpainting", size=1024, checkpoint=SDXL_INPAINT, controlnet=SDXL_CONTROLNET,
+        prefix="salient_background/paper_sdxl", frame_title="Frame (1024 for SDXL)", note_height=280,
+        note=_base_note("Stable Diffusion XL inpainting", "sdxl-inpainting", SDXL_INPAINT,
+                        "diffusers/stable-diffusion-xl-1.0-inpainting-0.1 saved as one single-file checkpoint under "
+                        "this name, or pick your own SDXL inpainting checkpoint in Load Checkpoint; "
+                        "CreativeML Open RAIL++-M", SDXL_CONTROLNET, 1024)),
+}
+
+
 WORKFLOWS = {
     "background_generation_paper": paper_workflow,
+    "background_generation_paper_sd15": lambda schemas: paper_workflow(schemas, "sd15"),
+    "background_generation_paper_sdxl": lambda schemas: paper_workflow(schemas, "sdxl"),
     "compare_si2_vs_controlnet": comparison_workflow,
     "product_shots_sam_crop_pasteback": product_workflow,
     "cutout_rgba_batch": cutout_workflow,

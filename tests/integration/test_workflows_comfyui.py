@@ -8,6 +8,11 @@ outputs, on random-weight models placed in the session's model folders under the
 * ``checkpoints/512-inpainting-ema.safetensors`` and ``controlnet/photo-background-generation/`` -- the full-size
   random SD2-inpainting single file and the salient ControlNet (HF pipeline layout) that make_full_size_models.py
   builds once into ``SB_FULL_MODELS_DIR`` (see test_controlnet_comfyui.py); symlinked;
+* ``checkpoints/sd-v1-5-inpainting.ckpt``, ``checkpoints/sd_xl_1.0_inpainting_0.1.safetensors``,
+  ``controlnet/salient_controlnet_sd15/`` and ``controlnet/salient_controlnet_sdxl/`` -- the random SD1.5-inpainting
+  (full size, a .ckpt pickle as published) and SDXL-family (Segmind-Vega-shaped) inpainting single files and our
+  exported ControlNets for them that make_base_models.py builds once into ``SB_BASE_MODELS_DIR`` (see
+  test_controlnet_bases_comfyui.py); symlinked;
 * ``input/example_product.png`` -- copied from ``workflows/inputs``.
 
 The workflow files are never edited; the loaded prompt is patched to lower the cost: KSampler steps -> 2, Frame for
@@ -50,7 +55,16 @@ TIMEOUT = 1500
 
 WORKFLOWS = sorted(p.name for p in API_DIR.glob("*.json"))
 EXPECTED_WORKFLOWS = {"cutout_rgba_batch.json", "background_generation_paper.json",
+                      "background_generation_paper_sd15.json", "background_generation_paper_sdxl.json",
                       "compare_si2_vs_controlnet.json", "product_shots_sam_crop_pasteback.json"}
+BASE_MODELS_DIR = Path(os.environ.get("SB_BASE_MODELS_DIR") or Path(tempfile.gettempdir()) / "sb_base_models")
+# the names the SD1.5 / SDXL workflows use -> the random files make_base_models.py writes
+BASE_VARIANT_FILES = {
+    "checkpoints/sd-v1-5-inpainting.ckpt": "sd15_inpainting_random.ckpt",
+    "checkpoints/sd_xl_1.0_inpainting_0.1.safetensors": "sdxl_vega_inpainting_random.safetensors",
+    "controlnet/salient_controlnet_sd15": "salient_controlnet_sd15",
+    "controlnet/salient_controlnet_sdxl": "salient_controlnet_sdxl",
+}
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -164,6 +178,19 @@ def sd2_models(base_models):
     return comfy
 
 
+@pytest.fixture(scope="module")
+def base_variant_models(base_models):
+    """Plus random SD1.5- and SDXL-family inpainting single files and our ControlNet exports for them."""
+    comfy = base_models
+    proc = subprocess.run([comfy.python, str(HERE / "make_base_models.py"), str(comfy.root), str(BASE_MODELS_DIR)],
+                          capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    print("[base models]", proc.stdout.strip().splitlines()[-1])
+    for name, source in BASE_VARIANT_FILES.items():
+        _link(BASE_MODELS_DIR / source, comfy.models_dir / name)
+    return comfy
+
+
 # ---------------------------------------------------------------------------------------------------- tests
 def test_every_api_workflow_is_covered():
     assert set(WORKFLOWS) == EXPECTED_WORKFLOWS, "a workflow was added or removed: give it a test below"
@@ -255,3 +282,22 @@ def test_product_shots_sam_crop_pasteback(sd2_models):
         if not region.all():  # outside the crop the photo is untouched
             assert np.abs(final[~region] - photo[~region]).max() <= 1
     assert not np.array_equal(finals[0], finals[1])  # a batch of different shots (one seed, different noise)
+
+
+@pytest.mark.parametrize("variant", ["sd15", "sdxl"])
+def test_background_generation_paper_on_other_bases(base_variant_models, variant):
+    """The paper's workflow on SD1.5 / SDXL inpainting: the workflow's own checkpoint and ControlNet names load
+    (ComfyUI detects the base from the random single file), sample, restore and score."""
+    comfy = base_variant_models
+    name = f"background_generation_paper_{variant}.json"
+    prompt = _patched(name)
+    assert [n["inputs"]["size"] for n in _load(name).values() if n["class_type"] == "SalientBG_FrameForSD2"] == \
+        [1024 if variant == "sdxl" else 512]
+    outputs = comfy.run(prompt, timeout=TIMEOUT)
+    final = _array(_files(comfy, outputs, "14", 1)[0], "RGB")
+    assert final.shape == (512, 512, 3)  # restored to the input photo's size
+    text = _score_text(outputs, "16")
+    print(f"[paper {variant}] expansion score:", text.replace("\n", " | "))
+    assert text.startswith("SAM ")
+    log = comfy.log_text()
+    assert "missing controlnet keys" not in log and "unexpected controlnet keys" not in log
