@@ -87,6 +87,10 @@ def run_shared_part(ranks, journal, works: list, *, key, total: int, unit: str, 
 
             stats = run_items(mine, load=runner.load, compute=runner.compute, save=runner.save, finish=finish,
                               batch_size=getattr(args, "batch_size", 1), io_threads=args.io_threads)
+        if stats.wall_seconds:
+            log.debug("%s [process %d of %d]: %d item(s) done, %d failed in %.3f s; model busy %.3f s (%.0f %%)", desc,
+                      ranks.rank, ranks.world, stats.done, stats.failed, stats.wall_seconds, stats.model_seconds,
+                      100 * stats.model_seconds / stats.wall_seconds)
         progress.finish_own()
         ranks.barrier()  # every process is done: the records are complete
     finally:

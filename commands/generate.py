@@ -26,6 +26,11 @@ prompt, steps, guidance, scheduler, ControlNet scale, size, framing, mask source
 image). A re-run skips an image only when it was made with the same settings; a run with other settings into a
 folder that holds images refuses and names the settings that differ (``--overwrite`` redoes the images it makes).
 The manifest lists the images in the folder that it can describe: rows of earlier runs stay as they were.
+
+Large batches: under ``torchrun`` / ``accelerate launch`` the photos are shared between the processes (each photo,
+with all its prompts and seeds, by one of them); each finished photo leaves a record in ``.records/generate/``, merged
+into the manifest at the end. A photo that cannot be read (or whose mask has another size) is listed under
+``failed`` in manifest.json and skipped by a re-run unless ``--retry-failed``. ``--dry-run`` lists what is to do.
 """
 from __future__ import annotations
 
@@ -750,6 +755,7 @@ def _run(args: argparse.Namespace, ranks) -> int:
     if args.dry_run:
         return _dry_run(ranks, items, works, state, skipped_failed)
     if not works:
+        ranks.barrier()  # every process has read the records before the main process merges them
         if ranks.is_main:
             _merge(out, journal, state, settings)
             print(f"nothing to do: all {len(jobs) - sum(1 for j in jobs if j.item.id in skipped_failed)} image(s) "

@@ -25,7 +25,10 @@ def add_parser(subparsers) -> None:
         description="Find the salient object in each image with InSPyReNet and write <name>_mask.png "
                     "(object = white, soft unless --binary) and <name>_cutout.png (RGBA). With --output-dir, <name> is the "
                     "image's path below the folder given (a/x.png -> a__x); names that two inputs share get a "
-                    "suffix (x+<hash>), so no output overwrites another.",
+                    "suffix (x+<hash>), so no output overwrites another. mask_manifest.csv/.json beside them record each "
+                    "mask's settings (a re-run skips finished masks, refuses other settings unless --overwrite) and "
+                    "the photos that failed, with the reason (skipped by a re-run unless --retry-failed). Under "
+                    "torchrun / accelerate launch the photos are shared between the processes.",
     )
     parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     parser.add_argument("--checkpoint", required=True, help="InSPyReNet checkpoint: ckpt_base.pth (or .safetensors)")
