@@ -21,6 +21,7 @@ form that :func:`models.controlnet_checkpoint.build_diffusers_controlnet` reads.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -276,37 +277,45 @@ class SalientBackgroundPipeline(_diffusion_pipeline_base()):
         timesteps = self.scheduler.timesteps
         steps = len(timesteps)
         use_controlnet = self.controlnet is not None and controlnet_scale != 0.0
+        start, end = control_window
         progress = self.progress_bar(total=steps) if show_progress else None
         try:
-            for i, t in enumerate(timesteps):
-                model_in = torch.cat([latents] * 2) if do_cfg else latents
-                model_in = self.scheduler.scale_model_input(model_in, t)
-                model_in = torch.cat([model_in, conditioning["mask_latent"], conditioning["masked_latents"]], dim=1)
-                start, end = control_window
-                in_window = not (i / steps < start or (i + 1) / steps > end)
-                down = mid = None
-                if use_controlnet and in_window:
-                    down, mid = self.controlnet(
-                        model_in,  # the SAME 9-channel tensor as the UNet (the reference's one change)
-                        t, encoder_hidden_states=embeds, controlnet_cond=conditioning["hint"],
-                        conditioning_scale=float(controlnet_scale), guess_mode=False, return_dict=False,
-                    )
-                noise = self.unet(
-                    model_in, t, encoder_hidden_states=embeds, down_block_additional_residuals=down,
-                    mid_block_additional_residual=mid, return_dict=False,
-                )[0]
-                if do_cfg:
-                    uncond, cond = noise.chunk(2)
-                    noise = uncond + guidance_scale * (cond - uncond)
-                latents = self.scheduler.step(noise, t, latents, return_dict=False)[0]
-                if progress is not None:
-                    progress.update()
-                if callback is not None:
-                    callback(i + 1, steps)
+            with hint_embedded_once(self.controlnet if use_controlnet else None):
+                for i, t in enumerate(timesteps):
+                    in_window = not (i / steps < start or (i + 1) / steps > end)
+                    scale = controlnet_scale if use_controlnet and in_window else 0.0
+                    noise = self._predict_noise(latents, t, conditioning, embeds, scale, guidance_scale, do_cfg)
+                    latents = self.scheduler.step(noise, t, latents, return_dict=False)[0]
+                    if progress is not None:
+                        progress.update()
+                    if callback is not None:
+                        callback(i + 1, steps)
         finally:
             if progress is not None:
                 progress.close()
         return latents
+
+    def _predict_noise(self, latents, t, conditioning: dict, embeds, controlnet_scale: float, guidance_scale: float,
+                       do_cfg: bool) -> torch.Tensor:
+        """One step's guided noise prediction; the ControlNet runs unless ``controlnet_scale`` is 0."""
+        model_in = torch.cat([latents] * 2) if do_cfg else latents
+        model_in = self.scheduler.scale_model_input(model_in, t)
+        model_in = torch.cat([model_in, conditioning["mask_latent"], conditioning["masked_latents"]], dim=1)
+        down = mid = None
+        if controlnet_scale != 0.0:
+            down, mid = self.controlnet(
+                model_in,  # the SAME 9-channel tensor as the UNet (the reference's one change)
+                t, encoder_hidden_states=embeds, controlnet_cond=conditioning["hint"],
+                conditioning_scale=float(controlnet_scale), guess_mode=False, return_dict=False,
+            )
+        noise = self.unet(
+            model_in, t, encoder_hidden_states=embeds, down_block_additional_residuals=down,
+            mid_block_additional_residual=mid, return_dict=False,
+        )[0]
+        if do_cfg:
+            uncond, cond = noise.chunk(2)
+            noise = uncond + guidance_scale * (cond - uncond)
+        return noise
 
     def _finish(self, latents, repaint_out: torch.Tensor, output_type: str) -> SalientBackgroundOutput:
         """Decode the latents into ``output_type`` ("latent" returns them as they are)."""
@@ -338,6 +347,38 @@ class _Batch:
     hint: torch.Tensor
     repaint: torch.Tensor
     masked_image: torch.Tensor
+
+
+class _HintEmbeddedOnce(torch.nn.Module):
+    """Stands in for a ControlNet's ``controlnet_cond_embedding`` during one call. The hint is the same tensor at
+    every step, so its embedding (convolutions at full pixel size) is computed at the first step and reused: the
+    very tensor the module would have returned again, so the result is bitwise the same. Another input is embedded
+    afresh."""
+
+    def __init__(self, embedding: torch.nn.Module):
+        super().__init__()
+        self.embedding = embedding
+        self._hint = self._embedded = None
+
+    def forward(self, hint: torch.Tensor) -> torch.Tensor:
+        if hint is not self._hint:  # embedded lazily: under model offloading the weights move only at the forward
+            self._hint, self._embedded = hint, self.embedding(hint)
+        return self._embedded
+
+
+@contextlib.contextmanager
+def hint_embedded_once(controlnet):
+    """Within the block, ``controlnet`` (a diffusers ``ControlNetModel``, or None: nothing done) embeds its
+    conditioning image once instead of at every step (see :class:`_HintEmbeddedOnce`); restored on exit."""
+    embedding = getattr(controlnet, "controlnet_cond_embedding", None)
+    if embedding is None:
+        yield
+        return
+    controlnet.controlnet_cond_embedding = _HintEmbeddedOnce(embedding)
+    try:
+        yield
+    finally:
+        controlnet.controlnet_cond_embedding = embedding
 
 
 def _check_call_settings(steps: int, per_prompt: int, control_start: float, control_end: float) -> None:

@@ -1,0 +1,85 @@
+"""Work the pipeline does once per call instead of once per step, and that doing it once changes no output bit.
+
+The ControlNet's hint is the same tensor at every step; its conditioning embedding (convolutions at full pixel
+size) is computed at the first step and reused (``models.generation.pipeline.hint_embedded_once``).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from sb_testkit.diffusers_models import tiny_sd  # noqa: F401  (session fixture)
+
+from salient_background.models.generation import pipeline as pipeline_module
+
+SIZE = 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_sd):
+    return pipeline_module.load_pipeline(tiny_sd.hf_pipeline_dir)
+
+
+def _inputs(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    photo = torch.rand((1, SIZE, SIZE, 3), generator=g)
+    object_mask = torch.zeros(1, SIZE, SIZE)
+    object_mask[:, 16:40, 20:44] = 1.0
+    object_mask[:, 12:16, 20:44] = 0.6  # soft edge: the hint is soft
+    return photo, object_mask
+
+
+def _latents(pipe, photo, object_mask, steps: int = 4, **kw):
+    return pipe(photo, object_mask, "a bottle", num_inference_steps=steps, generator=torch.Generator().manual_seed(3),
+                output_type="latent", show_progress=False, **kw).images
+
+
+def test_hint_is_embedded_once_per_call_and_restored(pipe):
+    embedding = pipe.controlnet.controlnet_cond_embedding
+    hints = []
+    handle = embedding.register_forward_pre_hook(lambda module, args: hints.append(args[0]))
+    try:
+        photo, object_mask = _inputs(0)
+        _latents(pipe, photo, object_mask, steps=4)
+        assert len(hints) == 1  # 4 steps, one embedding
+        assert hints[0].shape == (2, 3, SIZE, SIZE)  # the CFG batch's hint, at full pixel size
+        _latents(pipe, *_inputs(1), steps=3)  # a new call embeds its own hint
+        assert len(hints) == 2
+    finally:
+        handle.remove()
+    assert pipe.controlnet.controlnet_cond_embedding is embedding  # the ControlNet is left as it was
+
+
+def test_embedding_once_changes_no_bit(pipe, monkeypatch):
+    photo, object_mask = _inputs(2)
+    once = _latents(pipe, photo, object_mask, steps=5)
+    monkeypatch.setattr(pipeline_module, "hint_embedded_once", lambda controlnet: contextlib.nullcontext())
+    every_step = _latents(pipe, photo, object_mask, steps=5)
+    assert torch.equal(once, every_step)
+    # a control window (ControlNet off for the last steps) is unaffected as well
+    monkeypatch.undo()
+    windowed = _latents(pipe, photo, object_mask, steps=5, control_guidance_end=0.6)
+    monkeypatch.setattr(pipeline_module, "hint_embedded_once", lambda controlnet: contextlib.nullcontext())
+    assert torch.equal(windowed, _latents(pipe, photo, object_mask, steps=5, control_guidance_end=0.6))
+    assert not torch.equal(windowed, once)
+
+
+def test_restored_when_a_step_fails(pipe):
+    embedding = pipe.controlnet.controlnet_cond_embedding
+
+    def stop(step, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pipe(*_inputs(0), "a bottle", num_inference_steps=3, callback=stop, show_progress=False)
+    assert pipe.controlnet.controlnet_cond_embedding is embedding
