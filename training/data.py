@@ -8,6 +8,10 @@ salient mask (object = white, soft) are resized so the short side is ``resize_to
 and inference share one polarity convention: the repaint mask is the inverted object mask binarised at 0.5, the
 hint the soft inverted mask in [0,1], the masked image the photo in [-1,1] with the background set to 0.
 
+SDXL (``SampleConfig.time_ids``; its trainer default is ``resize_to == resolution == 1024``) also gets each crop's
+time ids: the photo's original (height, width), the crop's (top, left) offset in the resized photo and the crop size,
+which its UNet and ControlNet receive as added conditioning.
+
 Optional mask-precision augmentation (off by default; in the spirit of SmartBrush, CVPR 2023): with probability
 ``mask_aug_prob`` the object mask given to the model is degraded at a random precision level -- a Gaussian blur, a
 dilation or erosion by a few pixels, or the object's bounding box -- while the target stays the real photo, so the

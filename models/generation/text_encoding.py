@@ -1,7 +1,9 @@
 """Captions -> text embeddings, the one implementation the pipeline and the trainer share.
 
 Prompts are padded to the tokenizer's full length (77 for SD2's CLIP) and truncated there, as the reference does,
-and the frozen text encoder's last hidden state is the conditioning. Pure torch/transformers; no ComfyUI.
+and the frozen text encoder's last hidden state is the conditioning (SD2, SD1.5). SDXL's two encoders give the
+penultimate hidden states of both and a pooled embedding (:func:`embed_token_ids_xl`). Pure torch/transformers; no
+ComfyUI.
 """
 from __future__ import annotations
 
