@@ -113,7 +113,7 @@ _INPAINT_CLASSES: dict[type, type] = {}
 
 
 def _check_control_inputs(model, x, context, y, c_concat) -> None:
-    """The checks of the first control call: inpainting channels, then the base the conditioning belongs to."""
+    """Checked at every control call (cheap): the inpainting channels, then the base the conditioning belongs to."""
     hint = inpainting_model_hint(model.salient_base)
     if c_concat is None:
         raise NotAnInpaintingModelError(

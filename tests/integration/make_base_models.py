@@ -30,7 +30,7 @@ import json
 import os
 import sys
 
-VERSION = "1"
+VERSION = "2"
 HERE = os.path.dirname(os.path.abspath(__file__))
 TESTS = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
@@ -82,33 +82,40 @@ def checkpoint_shapes(kind: str) -> dict:
 
 
 def write_checkpoint(kind: str, out: str, gen) -> int:
-    from safetensors.torch import save_file
+    """The single file (kept when an earlier run wrote it); for SD1.5 also the .ckpt pickle of the same weights."""
+    from safetensors.torch import load_file, save_file
 
-    shapes = checkpoint_shapes(kind)
-    state = {k: random_tensor(k, s, gen) for k, s in shapes.items() if not k.endswith("position_ids")}
-    save_file(state, os.path.join(out, CHECKPOINTS[kind]))
-    if kind == "sd15":  # the published SD1.5 inpainting file is a .ckpt pickle
+    path = os.path.join(out, CHECKPOINTS[kind])
+    if os.path.isfile(path):
+        state = load_file(path)
+    else:
+        shapes = checkpoint_shapes(kind)
+        state = {k: random_tensor(k, s, gen) for k, s in shapes.items() if not k.endswith("position_ids")}
+        save_file(state, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    pickle = os.path.join(out, SD15_CKPT_PICKLE)
+    if kind == "sd15" and not os.path.isfile(pickle):  # the published SD1.5 inpainting file is a .ckpt pickle
         import torch
 
-        torch.save({"state_dict": state, "global_step": 440000}, os.path.join(out, SD15_CKPT_PICKLE))
+        torch.save({"state_dict": state, "global_step": 440000}, pickle + ".tmp")
+        os.replace(pickle + ".tmp", pickle)
     return sum(v.numel() for v in state.values())
 
 
-def write_controlnet(kind: str, out: str) -> int:
-    import torch
+def write_controlnet(kind: str, out: str):
     from diffusers import ControlNetModel
 
     from salient_background.training.export import export_controlnet
     from sb_testkit import controlnet_parity as cp
     from sb_testkit.diffusers_models import randomize_all_tensors
 
+    folder = os.path.join(out, CONTROLNETS[kind])
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        return None  # written by an earlier, interrupted run
     config = cp.sd15_controlnet_config() if kind == "sd15" else cp.vega_controlnet_config()
     controlnet = randomize_all_tensors(ControlNetModel(**config), seed=7, std=0.02)
-    export_controlnet(controlnet, os.path.join(out, CONTROLNETS[kind]), fp16=True)
-    n = sum(p.numel() for p in controlnet.parameters())
-    del controlnet
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    return n
+    export_controlnet(controlnet, folder, fp16=True)
+    return sum(p.numel() for p in controlnet.parameters())
 
 
 def main() -> None:
