@@ -300,3 +300,35 @@ def test_unreadable_image_or_mask_is_reported_and_skipped(dataset, tmp_path, cap
 def test_missing_salient_checkpoint_is_refused_before_loading_sam(dataset, tmp_path, capsys, no_model_load):
     assert _run(dataset, tmp_path / "o", "--salient-checkpoint", str(tmp_path / "nope.pth")) == 2
     assert "nope.pth" in _one_error_line(capsys)
+
+
+def test_failures_are_skipped_by_a_rerun_unless_retried_and_a_dry_run_loads_no_model(dataset, tmp_path, capsys,
+                                                                                       monkeypatch):
+    import salient_background.models.scoring.expansion as expansion
+
+    (dataset / "generated" / "cat_2.png").write_bytes(b"not an image")
+    out = tmp_path / "run"
+    assert _run(dataset, out) == 1
+    calls = []
+    real = expansion.score_expansion
+    monkeypatch.setattr(expansion, "score_expansion", lambda *a, **k: calls.append(1) or real(*a, **k))
+    capsys.readouterr()
+    assert _run(dataset, out) == 1  # the failure is still recorded: skipped, and said so
+    captured = capsys.readouterr()
+    assert calls == [] and "1 skipped now as failed before" in captured.err and "cat_2.png" in captured.err
+    (dataset / "generated" / "cat_2.png").unlink()
+    _save_image(torch.rand(40, 56, 3), dataset / "generated" / "cat_2.png")
+    # a dry run lists it as failed before, loads nothing and writes nothing
+    import salient_background.models.networks.sam as sam
+
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with monkeypatch.context() as m:
+        m.setattr(sam, "load_sam", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+        assert _run(dataset, out, "--dry-run") == 0
+    listing = capsys.readouterr().out
+    assert "dry run: 4 image(s); 0 to do, 3 done, 1 failed before (skipped)" in listing
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # --retry-failed scores it now; the summary no longer lists it
+    assert _run(dataset, out, "--retry-failed") == 0 and calls == [1]
+    assert "failed" not in json.loads((out / "summary.json").read_text())
+    assert len(_read_csv(out / "expansion.csv")) == 4

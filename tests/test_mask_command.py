@@ -120,3 +120,40 @@ def test_write_atomically_keeps_the_old_file_when_writing_fails(tmp_path):
     with pytest.raises(OSError):
         write_atomically(str(target), fail)
     assert target.read_text() == "old" and os.listdir(tmp_path) == ["manifest.csv"]
+
+
+# ---------------------------------------------------------------------------------------------- re-runs
+def test_rerun_skips_finished_masks_refuses_other_settings_and_notes_empty_objects(tmp_path, stub_salient, monkeypatch,
+                                                                                   capsys):
+    import json
+
+    import salient_background.models.networks.salient as salient
+
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    _photo(photos / "red.png", 200)
+    _photo(photos / "black.png", 0)  # the stub finds no object in it
+    real_stub = salient.load_salient_model
+
+    class EmptyAware:  # the stub, except that a black photo has no object
+        def __init__(self, inner):
+            self.inner = inner
+
+        def predict(self, images, **kw):
+            p = self.inner.predict(images, **kw)
+            return salient.SalientPrediction(maps=p.maps, raw_max=p.raw_max, empty=[bool(m.max() == 0) for m in p.maps])
+
+    monkeypatch.setattr(salient, "load_salient_model", lambda *a, **k: EmptyAware(real_stub(*a, **k)))
+    assert _mask(photos, "--output-dir", out) == 0
+    meta = json.loads((out / "mask_manifest.json").read_text())
+    assert [(r["id"], r.get("note", "")) for r in meta["rows"]] == [("black", "no salient object found: the mask is empty"),
+                                                                       ("red", "")]
+    assert meta["settings"]["binary"] is False and not (out / ".records").exists()
+    stamp = {n: os.stat(out / n).st_mtime_ns for n in os.listdir(out)}
+    capsys.readouterr()
+    assert _mask(photos, "--output-dir", out) == 0 and len(stub_salient) == 1  # nothing to do: no model loaded
+    assert "0 done, 2 already done" in capsys.readouterr().out
+    assert {n: os.stat(out / n).st_mtime_ns for n in os.listdir(out)} == stamp
+    assert _mask(photos, "--output-dir", out, "--binary") == 2
+    assert "other settings" in capsys.readouterr().err
+    assert _mask(photos, "--output-dir", out, "--binary", "--overwrite") == 0
+    assert json.loads((out / "mask_manifest.json").read_text())["settings"]["binary"] is True
