@@ -750,7 +750,8 @@ def _run(args: argparse.Namespace, ranks) -> int:
     state = read_state(out, journal)
     todo = plan_against_folder(jobs, state.rows, settings, args, out, state.started)
     skipped_failed = sorted({j.item.id for j in todo if j.item.id in state.failed and not args.retry_failed})
-    todo = [job for job in todo if args.retry_failed or job.item.id not in state.failed]
+    todo = [job for job in todo if job.item.id not in skipped_failed]
+    done = len(jobs) - len(todo) - sum(1 for j in jobs if j.item.id in skipped_failed)  # images already there
     works = _works(todo, state.rows)
     if args.dry_run:
         return _dry_run(ranks, items, works, state, skipped_failed)
@@ -758,8 +759,7 @@ def _run(args: argparse.Namespace, ranks) -> int:
         ranks.barrier()  # every process has read the records before the main process merges them
         if ranks.is_main:
             _merge(out, journal, state, settings)
-            print(f"nothing to do: all {len(jobs) - sum(1 for j in jobs if j.item.id in skipped_failed)} image(s) "
-                  f"already generated in {out} (--overwrite to redo)")
+            print(f"nothing to do: all {done} image(s) already generated in {out} (--overwrite to redo)")
             report_failures("generate", state.failed, skipped_failed)
         return 1 if skipped_failed or state.failed else 0
     for key, folder in _output_dirs(out).items():
@@ -774,7 +774,7 @@ def _run(args: argparse.Namespace, ranks) -> int:
     merged = _merge(out, journal, state, settings)
     written = sum(len(w.jobs) for w in works if w.item.id not in failed_now)
     print(f"generate: {written} image(s) of {len(works) - len(failed_now)} photo(s) written to "
-          f"{os.path.join(out, 'generated')}, {len(jobs) - len(todo)} already done; manifest "
+          f"{os.path.join(out, 'generated')}, {done} already done; manifest "
           f"{os.path.join(out, 'manifest.csv')}")
     report_failures("generate", merged.failed, skipped_failed)
     return 1 if merged.failed else 0
