@@ -1,7 +1,8 @@
-"""Work the pipeline does once per call instead of once per step, and that doing it once changes no output bit.
+"""Work the pipeline does once where the reference does it several times, and that this changes no output bit.
 
 The ControlNet's hint is the same tensor at every step; its conditioning embedding (convolutions at full pixel
-size) is computed at the first step and reused (``models.generation.pipeline.hint_embedded_once``).
+size) is computed at the first step and reused (``models.generation.pipeline.hint_embedded_once``). The prompts
+and the negative prompts go through the text encoder as one batch.
 """
 from __future__ import annotations
 
@@ -83,3 +84,23 @@ def test_restored_when_a_step_fails(pipe):
     with pytest.raises(KeyboardInterrupt):
         pipe(*_inputs(0), "a bottle", num_inference_steps=3, callback=stop, show_progress=False)
     assert pipe.controlnet.controlnet_cond_embedding is embedding
+
+
+def test_prompts_and_negatives_are_encoded_in_one_pass(pipe):
+    """The reference encodes the prompts and the negative prompts in two text-encoder calls; one batch gives the same
+    embeddings (negatives first) for one pass over the encoder's weights."""
+    from salient_background.models.generation.text_encoding import encode_texts
+
+    calls = []
+    handle = pipe.text_encoder.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    try:
+        embeds = pipe.encode_prompt(["a swan", "a red chair"], ["blurry", None], "cpu", do_cfg=True)
+        plain = pipe.encode_prompt(["a swan"], [None], "cpu", do_cfg=False)
+    finally:
+        handle.remove()
+    assert calls == [4, 1]
+    with torch.no_grad():
+        separate = [encode_texts(pipe.tokenizer, pipe.text_encoder, [text], "cpu", 77)[0]
+                    for text in ("blurry", "", "a swan", "a red chair")]
+    torch.testing.assert_close(embeds, torch.stack(separate), atol=1e-6, rtol=0)
+    torch.testing.assert_close(plain[0], separate[2], atol=1e-6, rtol=0)

@@ -160,15 +160,14 @@ class SalientBackgroundPipeline(_diffusion_pipeline_base()):
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str], negative_prompts: list[str], device, do_cfg: bool) -> torch.Tensor:
-        """[B,77,D] text embeddings, with the negative ones first when ``do_cfg`` ([2B,77,D]), as the reference."""
+        """[B,77,D] text embeddings, with the negative ones first when ``do_cfg`` ([2B,77,D]), as the reference.
+        Negatives and prompts go through the text encoder as one batch (the reference encodes them in two calls:
+        the same embeddings within float rounding, for one pass over the encoder's weights instead of two)."""
         from .text_encoding import token_length
 
-        embeds = self._embed(prompts, token_length(self.tokenizer), device)
-        embeds = embeds.to(dtype=self.text_encoder.dtype, device=device)
-        if not do_cfg:
-            return embeds
-        negative = self._embed([n or "" for n in negative_prompts], embeds.shape[1], device)
-        return torch.cat([negative.to(dtype=embeds.dtype, device=device), embeds])
+        texts = ([n or "" for n in negative_prompts] if do_cfg else []) + list(prompts)
+        embeds = self._embed(texts, token_length(self.tokenizer), device)
+        return embeds.to(dtype=self.text_encoder.dtype, device=device)
 
     # -- latents ---------------------------------------------------------------------------------------------
     def _encode_vae(self, pixels: torch.Tensor, generator) -> torch.Tensor:
