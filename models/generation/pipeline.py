@@ -10,6 +10,10 @@ Reference defaults: UniPC, 20 steps, CFG 7.5, ControlNet scale **1.0** (the refe
 is wrong for this model), nothing pasted back (the object passes through the VAE). ``controlnet_conditioning_scale=0``
 (or no ControlNet at all) is the SI2 baseline; the ControlNet is then not run (adding zero residuals is exact).
 
+Work the reference repeats is done once: the ControlNet embeds its hint (which is the same at every step) at the
+first step only (:func:`hint_embedded_once`; bitwise the same result), and the prompts and negative prompts go through
+the text encoder as one batch.
+
 Random numbers are drawn as the reference draws them -- the initial noise first, then the VAE posterior sample of the
 masked image, from the same generator(s) -- so the same seed gives the same image as the reference pipeline
 (tests/golden/pipeline_parity.npz pins that, measured max difference in the test module's docstring).
@@ -495,8 +499,13 @@ def validate_si2_path(path: str, config_dir: Optional[str] = None) -> str:
     raises a :class:`CheckpointError` that says what to fix."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        for sub in SI2_SUBFOLDERS:
-            _require_folder(path, sub, "the SD2-inpainting folder")
+        from .base_model import base_of_model
+
+        _require_folder(path, "unet", "the inpainting model folder")
+        base = base_of_model(path)  # unet/config.json: SD2, SD1.5 or SDXL inpainting
+        extra = ("text_encoder_2", "tokenizer_2") if base.text_encoders == 2 else ()
+        for sub in SI2_SUBFOLDERS + extra:
+            _require_folder(path, sub, f"the {base.title} folder")
         return "folder"
     if os.path.isfile(path):
         if not path.lower().endswith(SI2_SINGLE_FILE_SUFFIXES):
@@ -504,6 +513,13 @@ def validate_si2_path(path: str, config_dir: Optional[str] = None) -> str:
                 f"{path!r} is not an SD2-inpainting checkpoint: give 512-inpainting-ema.safetensors (or .ckpt), or "
                 "the diffusers folder of stabilityai/stable-diffusion-2-inpainting"
             )
+        from .base_model import base_of_model
+
+        base = base_of_model(path)
+        if base.name != "sd2-inpainting":
+            raise CheckpointError(
+                f"{path!r} is a {base.title} single file; the pipeline reads that base from its diffusers folder "
+                f"({base.diffusers_repo}, see `python -m salient_background download --list`)")
         find_si2_config_dir(path, config_dir)
         return "single_file"
     raise CheckpointError(
@@ -600,18 +616,19 @@ _UNET_SETTINGS_NOT_IN_WEIGHTS = (
 )
 
 
-def load_controlnet(path: str, *, dtype: torch.dtype = torch.float32, unet=None):
+def load_controlnet(path: str, *, dtype: torch.dtype = torch.float32, unet=None, base=None):
     """The salient ControlNet from any released form (folder, single file, .pth) as a diffusers ``ControlNetModel``.
 
     ``unet``: the UNet it will steer. Its cross-attention width is checked, and for a checkpoint without a config
-    (the released ``.pth``) its head counts and norm groups are used (the ControlNet is ``from_unet`` of it)."""
+    (the released ``.pth``) its head counts and norm groups are used (the ControlNet is ``from_unet`` of it).
+    ``base``: the UNet's inpainting base; a ControlNet of another base is an error naming both."""
     from ..networks.controlnet_checkpoint import build_diffusers_controlnet
 
     width, settings = 1024, None
     if unet is not None:
         width = unet.config.cross_attention_dim
         settings = {k: unet.config[k] for k in _UNET_SETTINGS_NOT_IN_WEIGHTS if k in unet.config}
-    model = build_diffusers_controlnet(os.fspath(path), cross_attention_dim=width, default_config=settings)
+    model = build_diffusers_controlnet(os.fspath(path), cross_attention_dim=width, default_config=settings, base=base)
     if dtype != torch.float32:
         model.to(dtype=dtype)
     return model.eval()
@@ -645,6 +662,17 @@ def load_pipeline(
             "no model given: pass the photo-background-generation pipeline folder, or an SD2-inpainting folder "
             "together with a ControlNet checkpoint"
         )
+    from .base_model import base_of_model, check_controlnet_fits
+
+    model_base = base_of_model(base)  # read from unet/config.json or the file's keys, before any weights
+    if use_controlnet:
+        check_controlnet_fits(model_base, controlnet_path or (os.path.join(pipeline_path, "controlnet")
+                                                               if pipeline_path else None))
+    if model_base.xl_pipeline:
+        from .pipeline_xl import load_xl_pipeline
+
+        return load_xl_pipeline(base, controlnet_path=controlnet_path, use_controlnet=use_controlnet, device=device,
+                                dtype=dtype, scheduler=scheduler)
     vae, text_encoder, tokenizer, unet, sched = load_si2_components(
         base, dtype=dtype, scheduler=scheduler, config_dir=si2_config
     )
@@ -663,7 +691,7 @@ def load_pipeline(
                 "no ControlNet given: pass the salient ControlNet checkpoint (folder, .safetensors or .pth), "
                 "or run the SI2 baseline (ControlNet scale 0)"
             )
-        controlnet = load_controlnet(cn_path, dtype=dtype, unet=unet)
+        controlnet = load_controlnet(cn_path, dtype=dtype, unet=unet, base=model_base)
     pipe = SalientBackgroundPipeline(vae, text_encoder, tokenizer, unet, sched, controlnet=controlnet)
     if device is not None:
         pipe.to(device)
