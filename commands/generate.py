@@ -1,14 +1,19 @@
-"""``python -m salient_background generate``: new backgrounds for photos with SD2 inpainting + the salient ControlNet.
+"""``python -m salient_background generate``: new backgrounds for photos with an inpainting model (SD2 -- the
+paper's --, SD1.5 or SDXL inpainting) + a salient ControlNet trained on it.
 
 Inputs: image files, folders (searched recursively) or a manifest (``.csv`` with a header, or ``.json``: a list of
 objects) with the column ``image`` and optionally ``prompt``, ``negative_prompt``, ``mask``, ``id``, ``seed``
 (relative paths are relative to the manifest's folder).
 
-Per photo, as the reference (yahoo/photo-background-generation) does: letterbox into 512x512 (downscale only, black
+The base is read from the model (``--base-model``: a diffusers folder's ``unet/config.json``, or a single file's
+keys); a ControlNet of another base is refused before any weights are loaded. The canvas is the base's native size
+(512 for SD2 and SD1.5, 1024 for SDXL) unless ``--size`` says otherwise.
+
+Per photo, as the reference (yahoo/photo-background-generation) does: letterbox into the canvas (downscale only, black
 padding; ``--upscale`` also enlarges small photos; ``--frame crop`` frames the object with ``--margin`` instead), the
 object mask from our salient model on the framed photo (``--salient-checkpoint``) or from a supplied mask
 (``--masks DIR`` or the manifest's ``mask`` column; white = object, at the photo's size), then UniPC, 20 steps,
-CFG 7.5, ControlNet scale 1.0. ``--controlnet-scale 0`` gives the SI2 baseline (no ControlNet loaded). Nothing is
+CFG 7.5, ControlNet scale 1.0. ``--controlnet-scale 0`` gives the inpainting baseline (no ControlNet loaded). Nothing is
 pasted back unless ``--paste-back``.
 
 Outputs in ``--output-dir``: ``inputs/<id>.png`` (the framed photo), ``masks/<id>.png`` (its object mask, white =
@@ -57,7 +62,7 @@ CSV_FIELDS = ["id", "mask", "generated", "original", "source", "prompt", "negati
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "generate",
-        help="new text-described backgrounds for photos (SD2 inpainting + salient ControlNet)",
+        help="new text-described backgrounds for photos (SD2, SD1.5 or SDXL inpainting + salient ControlNet)",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -70,8 +75,10 @@ def add_parser(subparsers) -> None:
     models = parser.add_argument_group("models (local files only; nothing is downloaded)")
     models.add_argument("--pipeline", help="folder in the yahoo-inc/photo-background-generation layout "
                                            "(SD2-inpainting subfolders + controlnet/)")
-    models.add_argument("--si2", help="SD2 inpainting: the single file ComfyUI uses (512-inpainting-ema.safetensors; its "
-                                           "configs come from 'download sd2-configs') or a diffusers folder")
+    models.add_argument("--base-model", "--si2", dest="si2", metavar="PATH",
+                        help="the inpainting model, its base read from it: a diffusers folder of SD2, SD1.5 or SDXL "
+                             "inpainting, or SD2's single file ComfyUI uses (512-inpainting-ema.safetensors; its "
+                             "configs come from 'download sd2-configs'). --si2 is the former name")
     models.add_argument("--controlnet", help="salient ControlNet: diffusers folder, .safetensors or the released .pth "
                                              "(overrides the pipeline folder's controlnet/)")
     sampling = parser.add_argument_group("sampling (defaults = the paper's)")
@@ -87,7 +94,8 @@ def add_parser(subparsers) -> None:
     masks.add_argument("--masks", help="folder of object masks named <id>_mask.png or <id>.png (what `mask --output-dir` "
                                         "writes), or <photo name>_mask.png / <photo name>.png")
     frame = parser.add_argument_group("framing")
-    frame.add_argument("--size", type=int, default=512, help="square canvas size (default 512, a multiple of 8)")
+    frame.add_argument("--size", type=int, default=None,
+                       help="square canvas size, a multiple of 8 (default: the base's, 512 for SD2/SD1.5, 1024 for SDXL)")
     frame.add_argument("--frame", choices=["fit", "crop"], default="fit",
                        help="fit = letterbox the whole photo (the reference); crop = frame the object with --margin")
     frame.add_argument("--margin", type=float, default=0.25, help="crop mode: margin around the object, times its size")
@@ -227,18 +235,19 @@ def _validate_options(args) -> None:
     from ..models.generation.pipeline import SCHEDULERS
 
     check_run_options(args)
-    if args.size <= 0 or args.size % 8:
+    if args.size is not None and (args.size <= 0 or args.size % 8):
         raise InputError(f"--size must be a positive multiple of 8, got {args.size}")
     if args.steps < 1 or args.num_images < 1 or args.batch_size < 1:
         raise InputError("--steps, --num-images and --batch-size must be at least 1")
     if args.scheduler.lower() not in SCHEDULERS:
         raise InputError(f"unknown --scheduler {args.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
     if not (args.pipeline or args.si2):
-        raise InputError("give the models: --pipeline DIR (photo-background-generation layout), or --si2 DIR with --controlnet PATH")
+        raise InputError("give the models: --pipeline DIR (photo-background-generation layout), or --base-model PATH "
+                         "with --controlnet PATH")
     if args.pipeline and args.si2:
-        raise InputError("give either --pipeline or --si2, not both")
+        raise InputError("give either --pipeline or --base-model (--si2), not both")
     if args.si2 and not args.controlnet and args.controlnet_scale != 0:
-        raise InputError("--si2 needs --controlnet PATH (or --controlnet-scale 0 for the SI2 baseline)")
+        raise InputError("--base-model needs --controlnet PATH (or --controlnet-scale 0 for the inpainting baseline)")
     if args.salient_checkpoint and args.masks:
         raise InputError("give one mask source: --salient-checkpoint or --masks")
     _validate_paths(args)
@@ -246,7 +255,7 @@ def _validate_options(args) -> None:
 
 def _validate_paths(args) -> None:
     """Every file and folder named on the command line exists (what load_pipeline opens, checked up front)."""
-    named = [("--pipeline", args.pipeline), ("--si2", args.si2), ("--salient-checkpoint", args.salient_checkpoint),
+    named = [("--pipeline", args.pipeline), ("--base-model/--si2", args.si2), ("--salient-checkpoint", args.salient_checkpoint),
              ("--masks", args.masks)]
     if args.controlnet_scale != 0:
         named.append(("--controlnet", args.controlnet))
@@ -264,6 +273,19 @@ def _validate_paths(args) -> None:
         if not os.path.isdir(os.path.join(args.pipeline, "controlnet")):
             raise InputError(f"--pipeline {args.pipeline!r} has no 'controlnet/' folder: give --controlnet PATH, or "
                              "--controlnet-scale 0 for the SI2 baseline")
+    _pick_base(args)
+
+
+def _pick_base(args) -> None:
+    """The base of the model (read from it, no weights loaded): the canvas defaults to its native size, and a
+    ControlNet of another base stops the run now (one error naming both bases)."""
+    from ..models.generation.base_model import base_of_model, check_controlnet_fits
+
+    base = base_of_model(args.pipeline or args.si2)
+    if args.size is None:
+        args.size = base.resolution
+    if args.controlnet_scale != 0:
+        check_controlnet_fits(base, args.controlnet or os.path.join(args.pipeline, "controlnet"))
 
 
 def _prepare_items(items: list[Item], args) -> list[Item]:

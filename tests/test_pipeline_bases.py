@@ -227,3 +227,73 @@ def test_a_controlnet_of_another_base_is_one_error_naming_both(model, controlnet
     with pytest.raises(InputError) as err:
         pipeline.load_pipeline(si2_path=folders[model], controlnet_path=controlnets[controlnet])
     assert all(name in str(err.value) for name in names)
+
+
+# ----------------------------------------------------------------------------------------------- the command
+def _one_photo(root):
+    from PIL import Image
+
+    photos, masks = parity_inputs()
+    (root / "photos").mkdir()
+    (root / "masks").mkdir()
+    Image.fromarray(photos[0]).save(root / "photos" / "p.png")
+    Image.fromarray(masks[0]).save(root / "masks" / "p.png")
+    return root / "photos", root / "masks"
+
+
+def _args(*argv):
+    from salient_background import cli
+
+    return cli.build_parser().parse_args(["generate", *map(str, argv)])
+
+
+def test_generate_takes_base_model_and_si2_as_one_option(sd15_folder, tmp_path):
+    a = _args("x.png", "--output-dir", tmp_path, "--base-model", sd15_folder)
+    b = _args("x.png", "--output-dir", tmp_path, "--si2", sd15_folder)
+    assert a.si2 == b.si2 == sd15_folder
+
+
+@pytest.mark.parametrize("base, size", [("sd2", 512), ("sd15", 512), ("sdxl", 1024)])
+def test_generate_frames_at_the_base_native_size_unless_size_is_given(base, size, sd15_folder, sdxl_folder, tiny_sd,
+                                                                      tmp_path):
+    from salient_background.commands.generate import _validate_options
+
+    photos, masks = _one_photo(tmp_path)
+    folder = {"sd2": tiny_sd.hf_pipeline_dir, "sd15": sd15_folder, "sdxl": sdxl_folder}[base]
+    common = [photos, "--output-dir", tmp_path / "o", "--prompt", "x", "--masks", masks, "--pipeline", folder]
+    args = _args(*common)
+    _validate_options(args)
+    assert args.size == size
+    args = _args(*common, "--size", 64)
+    _validate_options(args)
+    assert args.size == 64
+
+
+def test_generate_sd15_and_sdxl_end_to_end_record_the_size(sd15_folder, sdxl_folder, tmp_path):
+    from salient_background import cli
+
+    photos, masks = _one_photo(tmp_path)
+    for name, folder in (("sd15", sd15_folder), ("sdxl", sdxl_folder)):
+        out = tmp_path / name
+        assert cli.main(["generate", str(photos), "--base-model", folder, "--controlnet",
+                         os.path.join(folder, "controlnet"), "--masks", str(masks), "--prompt", "a lake", "--size", "64",
+                         "--steps", "2", "--no-progress", "--device", "cpu", "--output-dir", str(out)]) == 0
+        meta = json.loads((out / "manifest.json").read_text())
+        assert meta["rows"][0]["settings"]["size"] == 64
+        assert (out / "generated" / "p_s0.png").is_file()
+
+
+def test_generate_refuses_a_controlnet_of_another_base_before_loading(sd15_folder, tiny_sd, tmp_path, monkeypatch,
+                                                                     capsys):
+    from salient_background import cli
+    from salient_background.models.generation import pipeline
+
+    monkeypatch.setattr(pipeline, "load_pipeline", lambda *a, **k: pytest.fail("models loaded before the check"))
+    photos, masks = _one_photo(tmp_path)
+    code = cli.main(["generate", str(photos), "--base-model", tiny_sd.si2_dir, "--controlnet",
+                     os.path.join(sd15_folder, "controlnet"), "--masks", str(masks), "--prompt", "x",
+                     "--output-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "Stable Diffusion 1.5 inpainting" in err and "Stable Diffusion 2 inpainting" in err
+    assert not (tmp_path / "o").exists()

@@ -664,6 +664,7 @@ def load_pipeline(
         )
     from .base_model import base_of_model, check_controlnet_fits
 
+    validate_si2_path(base, si2_config)  # layout and config files first: those errors say what to fix
     model_base = base_of_model(base)  # read from unet/config.json or the file's keys, before any weights
     if use_controlnet:
         check_controlnet_fits(model_base, controlnet_path or (os.path.join(pipeline_path, "controlnet")
