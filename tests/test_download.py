@@ -359,11 +359,15 @@ def test_selection_names():
     names = lambda *a: [m.key for m in model_registry.select(list(a))]  # noqa: E731
     assert names() == ["sd2_inpainting", "controlnet_config", "controlnet_weights", "inspyrenet_base",
                        "inspyrenet_fast", "sam_vit_b"]
-    assert names("generate") == [m.key for m in MODEL_FILES if m.folder == "diffusers"] + [
+    assert names("generate") == [m.key for m in MODEL_FILES if m.group == "si2_diffusers"] + [
         "controlnet_config", "controlnet_weights", "inspyrenet_base", "sam_vit_b"]
     assert names("sam") == ["sam_vit_b"] and names("vit-h") == ["sam_vit_h"]
     assert names("controlnet") == ["controlnet_config", "controlnet_weights"]
     assert names("all") == [m.key for m in MODEL_FILES]
+    assert names("sd15") == ["sd15_inpainting"]
+    assert [m.filename.split("/", 1)[1] for m in model_registry.select(["sdxl"])][:3] == [
+        "model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors"]
+    assert {m.licence for m in model_registry.select(["sd15", "sd15-diffusers"])} == {"CreativeML OpenRAIL-M"}
     with pytest.raises(UserFacingError, match="unknown model name"):
         model_registry.select(["sam_vit_x"])
 

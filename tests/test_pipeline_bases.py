@@ -297,3 +297,14 @@ def test_generate_refuses_a_controlnet_of_another_base_before_loading(sd15_folde
     assert code == 2 and err.count("\n") == 1
     assert "Stable Diffusion 1.5 inpainting" in err and "Stable Diffusion 2 inpainting" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_download_rows_hold_every_folder_the_pipeline_reads():
+    from salient_background.models.model_files.model_registry import select
+
+    for name, folders in (("sd15-diffusers", {"unet", "vae", "text_encoder", "tokenizer", "scheduler"}),
+                          ("sdxl", {"unet", "vae", "text_encoder", "tokenizer", "scheduler", "text_encoder_2",
+                                    "tokenizer_2"})):
+        rows = select([name])
+        assert {m.filename.split("/")[1] for m in rows if m.filename.count("/") == 2} == folders
+        assert all(m.sha256 is None and m.revision is None for m in rows)  # nothing invented: reported unverified

@@ -91,6 +91,73 @@ _PBG_SUBDIR = "photo-background-generation"
 
 _TB_RELEASE = "https://github.com/plemeri/transparent-background/releases/download"
 
+# The other inpainting bases a salient ControlNet can be trained on (models/generation/bases.py). No revision hash,
+# size or checksum of these repos could be read from a public page when the rows were written, so the URLs follow
+# the repos' main branch, the sizes are the rounded ones shown on the file pages, and every file is unverified.
+_HF_SD15 = "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-inpainting/resolve/main"
+_SD15_SUBDIR = "stable-diffusion-v1-5-inpainting"
+_SD15_LICENCE = "CreativeML OpenRAIL-M"
+_HF_SDXL = "https://huggingface.co/diffusers/stable-diffusion-xl-1.0-inpainting-0.1/resolve/main"
+_SDXL_SUBDIR = "stable-diffusion-xl-1.0-inpainting-0.1"
+_SDXL_LICENCE = "CreativeML Open RAIL++-M"
+_TOKENIZER_FILES = ("merges.txt", "vocab.json", "special_tokens_map.json", "tokenizer_config.json")
+
+
+def _diffusers_folder_rows(prefix: str, subdir: str, url: str, files: dict, *, title: str, licence: str,
+                           group: str, notes: str) -> tuple:
+    """One unverified row per file of a diffusers model folder (``files``: path in the folder -> rounded size)."""
+    return tuple(
+        ModelFile(key=f"{prefix}_{path.replace('/', '_').replace('.', '_')}", filename=f"{subdir}/{path}",
+                  folder="diffusers", title=f"{title}, diffusers folder: {path}", urls=(f"{url}/{path}",),
+                  revision=None, size=None, sha256=None, md5=None, licence=licence, approx_size=approx, group=group,
+                  notes=notes)
+        for path, approx in files.items()
+    )
+
+
+def _text_files(*tokenizers: str) -> dict:
+    return {f"{tok}/{name}": "" for tok in tokenizers for name in _TOKENIZER_FILES}
+
+
+_SD15_ROWS = (
+    # the single file ComfyUI's Load Checkpoint reads (a pickle); `generate` reads the diffusers folder below
+    ModelFile(
+        key="sd15_inpainting",
+        filename="sd-v1-5-inpainting.ckpt",
+        folder="checkpoints",
+        title="Stable Diffusion 1.5 inpainting, single file (for ComfyUI)",
+        urls=(f"{_HF_SD15}/sd-v1-5-inpainting.ckpt",),
+        revision=None,
+        size=None,
+        sha256=None,
+        md5=None,
+        licence=_SD15_LICENCE,
+        approx_size="4.27 GB",
+        group="sd15_inpainting",
+        notes="stable-diffusion-v1-5/stable-diffusion-inpainting; the base of a salient ControlNet trained for SD1.5 "
+              "(none is published); the licence's use restrictions apply",
+    ),
+) + _diffusers_folder_rows(
+    "sd15", _SD15_SUBDIR, _HF_SD15,
+    {"model_index.json": "", "unet/config.json": "", "unet/diffusion_pytorch_model.safetensors": "3.44 GB",
+     "vae/config.json": "", "vae/diffusion_pytorch_model.safetensors": "335 MB", "text_encoder/config.json": "",
+     "text_encoder/model.safetensors": "492 MB", **_text_files("tokenizer"), "scheduler/scheduler_config.json": ""},
+    title="SD1.5 inpainting", licence=_SD15_LICENCE, group="sd15_diffusers",
+    notes="stable-diffusion-v1-5/stable-diffusion-inpainting (diffusers layout); for the command line",
+)
+
+# SDXL inpainting 0.1 is published as a diffusers folder only (no single-file checkpoint in the repo).
+_SDXL_ROWS = _diffusers_folder_rows(
+    "sdxl", _SDXL_SUBDIR, _HF_SDXL,
+    {"model_index.json": "", "unet/config.json": "", "unet/diffusion_pytorch_model.safetensors": "10.3 GB",
+     "vae/config.json": "", "vae/diffusion_pytorch_model.safetensors": "335 MB", "text_encoder/config.json": "",
+     "text_encoder/model.safetensors": "492 MB", "text_encoder_2/config.json": "",
+     "text_encoder_2/model.safetensors": "2.78 GB", **_text_files("tokenizer", "tokenizer_2"),
+     "scheduler/scheduler_config.json": ""},
+    title="SDXL inpainting 0.1", licence=_SDXL_LICENCE, group="sdxl_diffusers",
+    notes="diffusers/stable-diffusion-xl-1.0-inpainting-0.1 (diffusers layout); for the command line",
+)
+
 _SAM = "https://dl.fbaipublicfiles.com/segment_anything"
 
 MODEL_FILES: tuple[ModelFile, ...] = (
@@ -429,7 +496,7 @@ MODEL_FILES: tuple[ModelFile, ...] = (
             "https://huggingface.co/andzhang01/segment_anything/commit/d579a94be8a2b17e806578b86bb02bcd82ab66a6",
         ),
     ),
-)
+) + _SD15_ROWS + _SDXL_ROWS
 
 BY_KEY: dict[str, ModelFile] = {m.key: m for m in MODEL_FILES}
 
@@ -452,6 +519,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "vit_l": GROUPS["sam_vit_l"],
     "vit_h": GROUPS["sam_vit_h"],
     "sd2_diffusers": GROUPS["si2_diffusers"],
+    "sd15": GROUPS["sd15_inpainting"],
+    "sdxl": GROUPS["sdxl_diffusers"],
     # the small files of the diffusers folder (~1.6 MB) that let the command line read the single-file checkpoint
     "sd2_configs": SI2_CONFIG_KEYS,
     # what each job needs
