@@ -1,8 +1,8 @@
-"""Work the pipeline does once where the reference does it several times, and that this changes no output bit.
+"""Work the pipeline does once where the reference does it several times, and that this changes no output.
 
 The ControlNet's hint is the same tensor at every step; its conditioning embedding (convolutions at full pixel
 size) is computed at the first step and reused (``models.generation.pipeline.hint_embedded_once``). The prompts
-and the negative prompts go through the text encoder as one batch.
+and the negative prompts go through the text encoder as one batch (the same embeddings within float rounding).
 """
 from __future__ import annotations
 
