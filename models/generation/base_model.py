@@ -11,8 +11,7 @@ import os
 from typing import Optional, Union
 
 from ..errors import InputError
-from .bases import (BASES, InpaintingBase, base_for_pretrained_folder, base_for_state_dict, base_for_structure,
-                    has_added_embedding)
+from .bases import BASES, InpaintingBase, base_for_pretrained_folder, base_for_state_dict, base_for_structure
 
 # key prefixes of the text encoders in original-layout single files, one per base
 _SINGLE_FILE_TEXT_KEYS = (
@@ -20,6 +19,10 @@ _SINGLE_FILE_TEXT_KEYS = (
     ("cond_stage_model.model.", "sd2-inpainting"),  # SD2: OpenCLIP
     ("cond_stage_model.transformer.", "sd15-inpainting"),  # SD1.x: OpenAI CLIP (transformers layout)
 )
+
+
+# SDXL's added-conditioning embedding: diffusers ``add_embedding.*``, ComfyUI/ldm ``label_emb.*`` (maybe prefixed)
+_ADDED_EMBEDDING = ("add_embedding.", "label_emb.")
 
 
 def base_of_model(path: Union[str, os.PathLike]) -> InpaintingBase:
@@ -108,7 +111,8 @@ def _base_from_shapes(shapes: dict) -> Optional[InpaintingBase]:
         return base_for_state_dict(shapes)
     except InputError:
         proj = next((v for k, v in shapes.items() if k.endswith("proj_in.weight")), None)
-        added = "text_time" if has_added_embedding(shapes) else None
+        added = "text_time" if any(k.startswith(_ADDED_EMBEDDING) or any(f".{p}" in k for p in _ADDED_EMBEDDING)
+                                   for k in shapes) else None
         return base_for_structure(added_conditioning=added,
                                   use_linear_projection=None if proj is None else proj.ndim == 2)
 
