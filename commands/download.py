@@ -75,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
                 print(f"present      {m.filename:48} {'':>10}  at {o.path}  [{_check_text(m)}: matches]")
             else:
                 print(f"CORRUPT      {m.filename:48} {'':>10}  at {o.path}  ({o.note}; delete it and run again)")
-        print(f"total to fetch: {'about ' if approx else ''}{total / 1e9:.2f} GB")
+        unknown = sum(1 for o in outcomes if o.status == "planned" and o.entry.expected_bytes() is None)
+        print(f"total to fetch: {'about ' if approx else ''}{total / 1e9:.2f} GB"
+              + (f", plus {unknown} file(s) of unknown size" if unknown else ""))
         return 0
 
     failed = []

@@ -71,6 +71,9 @@ class ModelFile:
         return f"~{self.approx_size}" if self.approx_size else "unknown"
 
 
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pth")
+
+
 def human_size(n: int) -> str:
     for unit, factor in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= factor:
@@ -93,7 +96,7 @@ _TB_RELEASE = "https://github.com/plemeri/transparent-background/releases/downlo
 
 # The other inpainting bases a salient ControlNet can be trained on (models/generation/bases.py). No revision hash,
 # size or checksum of these repos could be read from a public page when the rows were written, so the URLs follow
-# the repos' main branch, the sizes are the rounded ones shown on the file pages, and every file is unverified.
+# the repos' main branch, no size is recorded ("unknown" in listings), and every file is unverified.
 _HF_SD15 = "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-inpainting/resolve/main"
 _SD15_SUBDIR = "stable-diffusion-v1-5-inpainting"
 _SD15_LICENCE = "CreativeML OpenRAIL-M"
@@ -132,27 +135,27 @@ _SD15_ROWS = (
         sha256=None,
         md5=None,
         licence=_SD15_LICENCE,
-        approx_size="4.27 GB",
+        approx_size="",
         group="sd15_inpainting",
         notes="stable-diffusion-v1-5/stable-diffusion-inpainting; the base of a salient ControlNet trained for SD1.5 "
               "(none is published); the licence's use restrictions apply",
     ),
 ) + _diffusers_folder_rows(
     "sd15", _SD15_SUBDIR, _HF_SD15,
-    {"model_index.json": "", "unet/config.json": "", "unet/diffusion_pytorch_model.safetensors": "3.44 GB",
-     "vae/config.json": "", "vae/diffusion_pytorch_model.safetensors": "335 MB", "text_encoder/config.json": "",
-     "text_encoder/model.safetensors": "492 MB", **_text_files("tokenizer"), "scheduler/scheduler_config.json": ""},
+    {"model_index.json": "", "unet/config.json": "", "unet/diffusion_pytorch_model.safetensors": "",
+     "vae/config.json": "", "vae/diffusion_pytorch_model.safetensors": "", "text_encoder/config.json": "",
+     "text_encoder/model.safetensors": "", **_text_files("tokenizer"), "scheduler/scheduler_config.json": ""},
     title="SD1.5 inpainting", licence=_SD15_LICENCE, group="sd15_diffusers",
     notes="stable-diffusion-v1-5/stable-diffusion-inpainting (diffusers layout); for the command line",
 )
 
-# SDXL inpainting 0.1 is published as a diffusers folder only (no single-file checkpoint in the repo).
+# SDXL inpainting 0.1: the diffusers folder, which the command line reads (no single-file row is recorded).
 _SDXL_ROWS = _diffusers_folder_rows(
     "sdxl", _SDXL_SUBDIR, _HF_SDXL,
-    {"model_index.json": "", "unet/config.json": "", "unet/diffusion_pytorch_model.safetensors": "10.3 GB",
-     "vae/config.json": "", "vae/diffusion_pytorch_model.safetensors": "335 MB", "text_encoder/config.json": "",
-     "text_encoder/model.safetensors": "492 MB", "text_encoder_2/config.json": "",
-     "text_encoder_2/model.safetensors": "2.78 GB", **_text_files("tokenizer", "tokenizer_2"),
+    {"model_index.json": "", "unet/config.json": "", "unet/diffusion_pytorch_model.safetensors": "",
+     "vae/config.json": "", "vae/diffusion_pytorch_model.safetensors": "", "text_encoder/config.json": "",
+     "text_encoder/model.safetensors": "", "text_encoder_2/config.json": "",
+     "text_encoder_2/model.safetensors": "", **_text_files("tokenizer", "tokenizer_2"),
      "scheduler/scheduler_config.json": ""},
     title="SDXL inpainting 0.1", licence=_SDXL_LICENCE, group="sdxl_diffusers",
     notes="diffusers/stable-diffusion-xl-1.0-inpainting-0.1 (diffusers layout); for the command line",
@@ -664,15 +667,17 @@ def render_markdown_table() -> str:
         if len(files) > 2 and subdir and all(f.filename.startswith(subdir + "/") for f in files):
             done.update(f.key for f in files)
             total = sum(f.expected_bytes() or 0 for f in files)
+            weights_known = all(f.expected_bytes() is not None for f in files if f.filename.endswith(WEIGHT_FILE_SUFFIXES))
+            size = f"~{human_size(total)}" if weights_known else "unknown"
             title = m.title.split(",", 1)[0] + ", diffusers folder"
             url = m.urls[0].rsplit("/resolve/", 1)[0] + "/tree/" + (m.revision or "main")
             lines.append(
                 f"| {title} ({len(files)} files) | `{subdir}/` | `models/{FOLDER_DEFAULT_SUBDIRS[m.folder]}` | "
-                f"~{human_size(total)} | {_check_cell(files)} | [{_host(m.urls[0])}]({url}) | {m.licence} |"
+                f"{size} | {_check_cell(files)} | [{_host(m.urls[0])}]({url}) | {m.licence} |"
             )
             continue
         done.add(m.key)
-        size = human_size(m.size) if m.size is not None else f"~{m.approx_size}"
+        size = m.display_size()
         lines.append(
             f"| {m.title} | `{m.filename}` | `models/{FOLDER_DEFAULT_SUBDIRS[m.folder]}` | {size} | {_check_cell([m])} | "
             f"[{_host(m.urls[0])}]({m.urls[0]}) | {m.licence} |"
