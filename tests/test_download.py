@@ -656,3 +656,12 @@ def test_opt_in_download_of_the_controlnet_folder_by_its_name(server, fake_comfy
     assert path == str(expected)
     assert (expected / "diffusion_pytorch_model.safetensors").read_bytes() == PAYLOAD
     assert sorted(os.listdir(expected)) == ["config.json", "diffusion_pytorch_model.safetensors"]
+
+
+def test_rows_without_a_published_size_are_listed_as_unknown_not_as_zero():
+    table = model_registry.render_markdown_table()
+    rows = {line.split("|")[2].strip(): line.split("|")[4].strip() for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith("| model")}
+    assert rows["`stable-diffusion-xl-1.0-inpainting-0.1/`"] == "unknown"
+    assert rows["`sd-v1-5-inpainting.ckpt`"] == "unknown"
+    assert "~0 B" not in table and "| ~ |" not in table
