@@ -1,5 +1,10 @@
 """Training-step benchmark: our trainer vs the reference trainer, full-size random SI2 + ControlNet, CPU fp32.
 
+``--base sd15-inpainting`` runs the same comparison on SD1.5 inpainting instead (a full-size random
+stable-diffusion-inpainting folder, built from the released configs in ``models/generation/base_configs.py``): both
+trainers are given that folder; ours reads the base from it, the reference's ``from_unet`` copies whatever UNet it is
+given.
+
 Both arms train the salient ControlNet (365 M parameters, from_unet of a full-size random 9-channel SD2-inpainting
 UNet) at 512x512 (short side 768, random 512 crop -- the only size the reference runs at), batch 1, fp32, on the CPU,
 with the same thread count, on the same synthetic photos + masks. Each arm runs in its own process; the seconds per
@@ -77,6 +82,34 @@ def build_full_size_si2(folder: str) -> str:
     return folder
 
 
+def build_full_size_base(folder: str, base: str) -> str:
+    """A full-size random diffusers folder of ``base`` (SD2 as above; SD1.5 from its released configs)."""
+    if base == "sd2-inpainting":
+        return build_full_size_si2(folder)
+    if os.path.isfile(os.path.join(folder, "model_index.json")):
+        return folder
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    import conftest  # noqa: F401  (the repository as ``salient_background`` when it is not installed)
+    from sb_testkit.diffusers_models import save_si2_folder
+
+    from salient_background.models.generation.base_configs import full_size_configs
+
+    if base != "sd15-inpainting":
+        raise SystemExit(f"--base {base}: this benchmark builds sd2-inpainting or sd15-inpainting")
+    configs = full_size_configs(base)
+    torch.manual_seed(0)
+    t = time.perf_counter()
+    (_, text_config), = configs["text_encoders"]
+    save_si2_folder(folder, UNet2DConditionModel.from_config(configs["unet"]), AutoencoderKL.from_config(configs["vae"]),
+                    CLIPTextModel(CLIPTextConfig(**text_config, architectures=["CLIPTextModel"])))
+    print(f"built the full-size random {base} folder in {time.perf_counter() - t:.0f} s: {folder}", flush=True)
+    return folder
+
+
 def build_photos(folder: str, count: int = 4) -> list[dict]:
     """``count`` 1024x768 photos (a bright ellipse on a smooth texture) with masks (object = white) and captions."""
     import numpy as np
@@ -142,9 +175,9 @@ def child_ours(args) -> None:
         {"image": os.path.relpath(r["image"], data), "mask": os.path.relpath(r["mask"], data), "captions": [r["caption"]]}
         for r in rows])
     cached = args._child in ("ours-cached", "ours-lean")
-    run_dir = os.path.join(args.workdir, f"{args._child}_run")
+    run_dir = os.path.join(args.workdir, f"{args._child}_{os.path.basename(args.si2)}_run")
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run
-    shared_cache = os.path.join(args.workdir, SHARED_CACHE)
+    shared_cache = os.path.join(args.workdir, f"{SHARED_CACHE}_{os.path.basename(args.si2)}")
     if cached and os.path.isdir(shared_cache):  # built (and timed) by this benchmark's first cached run
         shutil.copytree(shared_cache, os.path.join(run_dir, "latent_cache"))
     _time_optimizer_steps(args.steps, args.out)
@@ -208,8 +241,8 @@ def run_arm(name: str, args) -> dict:
     wall = time.perf_counter() - t
     if not os.path.isfile(out):
         raise SystemExit(f"{name} arm failed (exit status {status}); see its output above")
-    built = os.path.join(args.workdir, f"{name}_run", "latent_cache")
-    shared = os.path.join(args.workdir, SHARED_CACHE)
+    built = os.path.join(args.workdir, f"{name}_{os.path.basename(args.si2)}_run", "latent_cache")
+    shared = os.path.join(args.workdir, f"{SHARED_CACHE}_{os.path.basename(args.si2)}")
     if os.path.isdir(built) and not os.path.isdir(shared):  # later cached runs reuse it
         shutil.copytree(built, shared)
     record = json.load(open(out))
@@ -239,6 +272,8 @@ def main() -> None:
     p.add_argument("--reuse-latent-cache", action="store_true",
                    help="keep the latent cache an earlier run of this benchmark built (its build is then not timed)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--base", default="sd2-inpainting", choices=["sd2-inpainting", "sd15-inpainting"],
+                   help="the inpainting base both trainers train on (a full-size random folder of it)")
     p.add_argument("--si2", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--_child", help=argparse.SUPPRESS)
@@ -249,12 +284,13 @@ def main() -> None:
     if args.steps <= args.warmup:
         raise SystemExit("--steps must exceed --warmup")
     os.makedirs(args.workdir, exist_ok=True)
-    args.si2 = build_full_size_si2(os.path.join(args.workdir, "sd2-inpainting-random"))
+    args.si2 = build_full_size_base(os.path.join(args.workdir, f"{args.base}-random"), args.base)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     if "reference" in arms and not args.reference:
         raise SystemExit("--reference DIR (a scratch copy of yahoo/photo-background-generation) is needed, or --arms ours")
     if not args.reuse_latent_cache:
-        shutil.rmtree(os.path.join(args.workdir, SHARED_CACHE), ignore_errors=True)  # the first cached run builds it
+        shutil.rmtree(os.path.join(args.workdir, f"{SHARED_CACHE}_{os.path.basename(args.si2)}"),
+                      ignore_errors=True)  # the first cached run builds it
     runs: dict[str, list] = {}
     for round_no in range(1, args.rounds + 1):  # arms interleaved round by round
         for arm in arms:
@@ -272,7 +308,7 @@ def main() -> None:
             o = results[arm]
             print(f"ratio {arm}/reference: time {o['seconds_per_step'] / ref['seconds_per_step']:.3f}x, "
                   f"peak memory {o['peak_rss_gib'] / ref['peak_rss_gib']:.3f}x  "
-                  f"(threads {args.threads}, CPU fp32, 512x512, batch 1, best of {args.rounds} round(s))")
+                  f"({args.base}, threads {args.threads}, CPU fp32, 512x512, batch 1, best of {args.rounds} round(s))")
 
 
 if __name__ == "__main__":

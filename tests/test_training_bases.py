@@ -287,6 +287,10 @@ def test_controlnet_base_from_weights_of_the_released_widths(tiny_sd):
     assert controlnet_base(weights(1024)).name == "sd2-inpainting"
     assert controlnet_base(weights(768, linear=False)).name == "sd15-inpainting"
     assert controlnet_base(weights(2048, added=True)).name == "sdxl-inpainting"
+    # ComfyUI's key names, under the prefix of lllyasviel-style files
+    comfy = {"control_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight": torch.zeros(4, 2048),
+             "control_model.label_emb.0.0.weight": torch.zeros(4, 2816)}
+    assert controlnet_base(comfy).name == "sdxl-inpainting"
     assert controlnet_base(tiny_sd.controlnet_dir).name == "sd2-inpainting"  # tiny widths: by structure
 
 

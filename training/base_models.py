@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -99,11 +99,11 @@ def load_base_components(base: InpaintingBase, config) -> BaseComponents:
     return parts
 
 
-def scheduler_config(config, base_folder: Optional[str] = None) -> dict:
+def scheduler_config(config) -> dict:
     """The base's scheduler config (the training noise schedule is read from it)."""
     from ..models.generation.pipeline import find_si2_config_dir
 
-    folder = base_folder or config.base_model
+    folder = config.base_model
     if os.path.isfile(folder):
         folder = find_si2_config_dir(folder)
     with open(os.path.join(folder, "scheduler", "scheduler_config.json")) as fh:

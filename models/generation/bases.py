@@ -84,8 +84,15 @@ def base_for_state_dict(state_dict) -> InpaintingBase:
         if key.endswith("attn2.to_k.weight"):
             width = int(tensor.shape[1])
             break
-    added = "text_time" if any(k.startswith(("add_embedding.", "label_emb.")) for k in state_dict) else None
+    added = "text_time" if has_added_embedding(state_dict) else None
     return base_for_unet_config({"cross_attention_dim": width, "addition_embed_type": added})
+
+
+def has_added_embedding(keys) -> bool:
+    """Whether state-dict keys hold SDXL's added-conditioning embedding (diffusers ``add_embedding.*``, ComfyUI/ldm
+    ``label_emb.*``), also under a prefix such as ``control_model.``."""
+    return any(k.startswith(("add_embedding.", "label_emb.")) or ".add_embedding." in k or ".label_emb." in k
+               for k in keys)
 
 
 def as_base(base: Union[str, InpaintingBase, None]) -> InpaintingBase:

@@ -13,7 +13,8 @@ Forms (``path`` may be any of them):
 
 A file without a config gets one from, in order: an explicit ``config``, a diffusers ControlNet ``config.json``
 beside it, a ``config`` entry in the safetensors metadata, and finally inference from the tensor shapes (the
-number of attention heads cannot be read from weights; SD2's head size of 64 is assumed).
+number of attention heads cannot be read from weights: the base's are assumed -- 64 channels per head for SD2 and
+SDXL, 8 heads for SD1.5).
 
 Every file is for one inpainting base (:mod:`models.generation.bases`: SD2, SD1.5 or SDXL inpainting). Our exports
 record it (``salient_base`` in ``config.json`` and in the safetensors metadata); for a file without the record (the
@@ -41,7 +42,8 @@ from .comfy_keys import (
     looks_like_diffusers_controlnet,
 )
 from ..errors import CheckpointError, InputError
-from ..generation.bases import (BASES, InpaintingBase, as_base, base_for_state_dict, base_for_structure)
+from ..generation.bases import (BASES, InpaintingBase, as_base, base_for_state_dict, base_for_structure,
+                                has_added_embedding)
 from ..model_files.model_registry import where_to_get
 
 log = logging.getLogger("salient_background")
@@ -195,7 +197,7 @@ def base_from_weights(state_dict: Mapping) -> InpaintingBase:
         return base_for_state_dict(state_dict)
     except InputError:
         proj = next((v for k, v in state_dict.items() if k.endswith("proj_in.weight")), None)
-        added = "text_time" if any(k.startswith(("add_embedding.", "label_emb.")) for k in state_dict) else None
+        added = "text_time" if has_added_embedding(state_dict) else None
         return base_for_structure(added_conditioning=added,
                                   use_linear_projection=None if proj is None else proj.ndim == 2)
 
@@ -203,8 +205,9 @@ def base_from_weights(state_dict: Mapping) -> InpaintingBase:
 def controlnet_base(path_or_state_dict: Union[str, os.PathLike, Mapping]) -> InpaintingBase:
     """The inpainting base a salient ControlNet (any accepted path, or a state dict) is for: the base our export
     recorded, else the one its weights show."""
-    if isinstance(path_or_state_dict, Mapping):
-        return base_from_weights(normalize_controlnet_state_dict(path_or_state_dict))
+    if isinstance(path_or_state_dict, Mapping):  # any key style: the keys read are named alike in all of them
+        state = unwrap_state_dict(path_or_state_dict)
+        return base_from_weights({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
     weight_files, folder_config, _ = resolve_controlnet_path(path_or_state_dict)
     recorded = _recorded_base(folder_config, weight_files)
     if recorded is not None:
@@ -289,7 +292,7 @@ def infer_config(state_dict: Mapping, base: Optional[InpaintingBase] = None) -> 
         cfg["attention_head_dim"] = [max(1, c // SD2_HEAD_SIZE) for c in layout.block_out_channels]
     added = state_dict.get("add_embedding.linear_1.weight")
     if added is not None:  # SDXL's text_time embedding: pooled text embedding + six size/crop features
-        time_width = (int(added.shape[1]) - SDXL_POOLED_WIDTH) // 6
+        time_width = (int(added.shape[1]) - SDXL_POOLED_WIDTH) // 6  # SDXL's: (2816 - 1280) / 6 = 256
         cfg.update(addition_embed_type="text_time", projection_class_embeddings_input_dim=int(added.shape[1]),
                    addition_time_embed_dim=time_width if time_width > 0 else 256)
     depths = [d for d in layout.transformer_depth if d] or [layout.mid_transformer_depth or 1]
@@ -324,7 +327,7 @@ def _added_embedding_keys(config: Mapping) -> list[str]:
 
 def _width_problem(state_dict: Mapping, cross_attention_dim, base: InpaintingBase) -> Optional[str]:
     width = _cross_attention_width(state_dict)
-    if cross_attention_dim is FILE_BASE or cross_attention_dim == FILE_BASE:
+    if cross_attention_dim == FILE_BASE:
         known = {b.context_dim: b for b in BASES.values()}
         if width in known and known[width].added_conditioning == base.added_conditioning and known[width] != base:
             return f"its cross-attention width is {width} ({known[width].title}) but it says it is for {base.title}"
