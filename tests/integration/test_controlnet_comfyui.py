@@ -197,6 +197,8 @@ def test_control_residuals_match_diffusers_in_process(models):
     print("[parity]", json.dumps(report))
     assert report["max_abs_diff"] <= 1e-4
     assert min(report["ref_max_abs"].values()) > 1.0  # non-trivial residuals (random zero convs)
-    assert report["golden_max_abs_diff"] <= 1e-5  # the pinned goldens are what this ComfyUI computes
+    # the pinned goldens are what this ComfyUI computes (fp32 sums in another order -- threads, torch build -- move
+    # the last digits: relative to the residuals' size, up to ~10)
+    assert report["golden_max_abs_diff"] <= 1e-5 * max(report["ref_max_abs"].values())
     assert report["class"] == "SalientInpaintControlNet" and report["extra_conds"] == ["y", "c_concat"]
     assert report["sd2_detected_as"] == "SD20" and report["sd2_keys_and_shapes_equal"]
