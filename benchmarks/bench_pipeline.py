@@ -7,8 +7,8 @@ step's time is the fastest of steps 2.. of an image (step 1 also holds the encod
 1. with ``--comfyui PATH`` (a ComfyUI checkout; ``--comfyui-python`` an interpreter that has ComfyUI's requirements
    and this pack): seconds per sampling step in ComfyUI with the salient ControlNet (our loader + our conditioning
    node, then ComfyUI's own sampler) and without it (the same conditioning with the control removed: plain SD2
-   inpainting) -- goal <= 1.40x (the ControlNet costs ~0.39 of a UNet forward). This arm runs in a child process of
-   that interpreter on full-size random single-file checkpoints written by
+   inpainting) -- goal <= 1.40x (at 256x256 the ControlNet is ~0.35 of a UNet forward in FLOPs). This arm runs in
+   a child process of that interpreter on full-size random single-file checkpoints written by
    ``tests/integration/make_full_size_models.py`` (``--comfyui-models DIR``, built there when missing);
 2. seconds per sampling step of our diffusers pipeline with the ControlNet (scale 1.0) and without it (scale 0, the
    SI2 baseline; the ControlNet is then not run) -- the same goal;
