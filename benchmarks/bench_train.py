@@ -21,7 +21,9 @@ Reference arm: ``train_controlnet.py`` of yahoo/photo-background-generation (the
 trainer; the repo's two trainer names are swapped), run from a scratch copy OUTSIDE this repo (never committed):
 
     git clone https://github.com/yahoo/photo-background-generation /tmp/pbg       # or any copy
-    pip install --target /tmp/pbg-deps datasets opencv-python-headless tensorboard # its extra imports
+    pip install --target /tmp/pbg-deps "datasets==3.6.0" "pyarrow==20.0.0" "dill==0.3.8" opencv-python-headless \
+        tensorboard                                  # its extra imports (datasets 5.2 + pyarrow 26 fail to pickle);
+    # then delete from /tmp/pbg-deps what this venv already has (numpy, huggingface_hub, PIL...), or it shadows them
     python benchmarks/bench_train.py --reference /tmp/pbg --reference-pythonpath /tmp/pbg-deps
     # or a scratch venv that sees this one's packages: --reference-python /tmp/pbg-venv/bin/python
 

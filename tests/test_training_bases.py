@@ -389,10 +389,12 @@ def test_low_memory_switches_train_the_same_sdxl_weights(switches, dataset_dir, 
     assert [l for _, l in plain.losses] == [l for _, l in lean.losses]
 
 
-def test_validation_renders_sd15_and_is_refused_up_front_for_sdxl(dataset_dir, tmp_path):
-    result = _train(_config("sd15-inpainting", dataset_dir, tmp_path / "sd15", max_train_steps=1, validation_steps=1,
-                            validation_rows=1, validation_inference_steps=1))
-    assert result.global_step == 1 and (tmp_path / "sd15" / "validation" / "step-000001.png").is_file()
-    with pytest.raises(InputError, match="validation images are not available for Stable Diffusion XL inpainting"):
-        _train(_config("sdxl-inpainting", dataset_dir, tmp_path / "sdxl", max_train_steps=1, validation_steps=1))
-    assert not (tmp_path / "sdxl").exists()
+@pytest.mark.parametrize("base", ["sd15-inpainting", "sdxl-inpainting"])
+def test_validation_images_for_every_base(base, dataset_dir, tmp_path):
+    result = _train(_config(base, dataset_dir, tmp_path / "run", max_train_steps=1, validation_steps=1,
+                            validation_rows=1, validation_inference_steps=1, learning_rate=1e-2))
+    path = tmp_path / "run" / "validation" / "step-000001.png"
+    assert result.global_step == 1 and path.is_file()
+    from PIL import Image
+
+    assert Image.open(path).size == (4 * RES, RES)  # photo | hint | baseline | ControlNet

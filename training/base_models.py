@@ -57,26 +57,15 @@ class BaseComponents:
 
 
 def _load_xl_folder(path: str) -> BaseComponents:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    from ..models.generation.text_encoding import fix_token_length
+    """SDXL's parts, loaded by the SDXL pipeline's loader (all fp32 here; the trainer casts them)."""
+    from ..models.generation.pipeline_xl import _load_xl_parts
 
     for sub in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"):
         if not os.path.isdir(os.path.join(path, sub)):
             raise CheckpointError(f"the SDXL inpainting folder {path!r} has no '{sub}/' folder (a diffusers SDXL "
                                   "folder has unet, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, scheduler)")
-    offline = dict(local_files_only=True)
-    try:
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **offline)
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **offline)
-        encoders = [CLIPTextModel.from_pretrained(os.path.join(path, "text_encoder"), **offline),
-                    CLIPTextModelWithProjection.from_pretrained(os.path.join(path, "text_encoder_2"), **offline)]
-        tokenizers = [fix_token_length(CLIPTokenizer.from_pretrained(os.path.join(path, sub), **offline))
-                      for sub in ("tokenizer", "tokenizer_2")]
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"could not load the SDXL inpainting folder {path!r}: {type(exc).__name__}: {exc}") from exc
-    return BaseComponents(vae.eval(), [e.eval() for e in encoders], tokenizers, unet.eval())
+    vae, text_encoder, text_encoder_2, tokenizers, unet = _load_xl_parts(path, torch.float32)
+    return BaseComponents(vae, [text_encoder, text_encoder_2], list(tokenizers), unet)
 
 
 def load_base_components(base: InpaintingBase, config) -> BaseComponents:

@@ -377,9 +377,6 @@ def _config_for_base(config: TrainConfig) -> TrainConfig:
     """The config with its base read from the model folder (an error when ``--base`` says otherwise, or when the
     run being resumed was made for another base) and the base's defaults filled in."""
     base = resolve_base(config)
-    if config.validation_steps > 0 and base.text_encoders > 1:
-        raise InputError(f"validation images are not available for {base.title} yet (the pack's pipeline renders "
-                         "SD2 and SD1.5 inpainting): train with --validation-steps 0")
     run_file = os.path.join(config.output_dir, RUN_CONFIG)
     if config.resume_from and os.path.isfile(run_file):
         with open(run_file) as fh:

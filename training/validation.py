@@ -1,9 +1,9 @@
 """Validation during training: the SI2 baseline and the ControlNet side by side on a few fixed inputs.
 
-Every ``validation_steps`` steps the main process renders, through models/generation/pipeline.py, each validation photo with the
-ControlNet off (scale 0: plain SD2 inpainting) and on, same seed, and writes the grid photo | hint | SI2 | ControlNet to
-``<output_dir>/validation/step-<step>.png`` with a line in ``validation.jsonl`` (and, given a SAM checkpoint, the
-object-expansion score of both).
+Every ``validation_steps`` steps the main process renders, through models/generation/pipeline.py (SDXL:
+pipeline_xl.py), each validation photo with the ControlNet off (scale 0: the base's plain inpainting) and on, same
+seed, and writes the grid photo | hint | SI2 | ControlNet to ``<output_dir>/validation/step-<step>.png`` with a line
+in ``validation.jsonl`` (and, given a SAM checkpoint, the object-expansion score of both).
 """
 from __future__ import annotations
 
@@ -19,6 +19,17 @@ from . import data as tdata
 from .config import TrainConfig
 
 log = logging.getLogger("salient_background")
+
+
+def _pipeline(vae, text_encoder, tokenizer, unet, scheduler, controlnet):
+    """The pack's pipeline for the run's base: SDXL's when there are two text encoders (given as lists)."""
+    if isinstance(text_encoder, (list, tuple)):
+        from ..models.generation.pipeline_xl import SalientBackgroundXLPipeline
+
+        return SalientBackgroundXLPipeline(vae, *text_encoder, *tokenizer, unet, scheduler, controlnet=controlnet)
+    from ..models.generation.pipeline import SalientBackgroundPipeline
+
+    return SalientBackgroundPipeline(vae, text_encoder, tokenizer, unet, scheduler, controlnet=controlnet)
 
 
 class Validator:
@@ -84,7 +95,7 @@ class Validator:
     def _generate(self, controlnet, ema, vae, text_encoder, tokenizer, unet) -> dict:
         """{"si2": images, "controlnet": images} (ControlNet scale 0 and 1, same seeds), with the EMA weights when
         EMA is on (the weights the export will hold); the ControlNet is left as it was found."""
-        from ..models.generation.pipeline import SalientBackgroundPipeline, make_scheduler
+        from ..models.generation.pipeline import make_scheduler
 
         cfg = self.config
         was_training = controlnet.training
@@ -94,8 +105,7 @@ class Validator:
             backup = {k: v.detach().clone() for k, v in controlnet.state_dict().items()}
             controlnet.load_state_dict({k: v.to(backup[k].dtype) for k, v in ema.shadow.items()})
         try:
-            pipe = SalientBackgroundPipeline(vae, text_encoder, tokenizer, unet, make_scheduler("unipc", self.sched_cfg),
-                                             controlnet=controlnet)
+            pipe = _pipeline(vae, text_encoder, tokenizer, unet, make_scheduler("unipc", self.sched_cfg), controlnet)
             outs = {}
             for name, scale in (("si2", 0.0), ("controlnet", 1.0)):
                 gens = [torch.Generator().manual_seed(cfg.seed + i) for i in range(len(self.prompts))]
