@@ -225,7 +225,7 @@ def test_every_model_loader_offers_its_download():
                 continue
             loaders += 1
             names = {v for v in node["widgets_values"] if isinstance(v, str)}
-            if names & builder.UNREGISTERED_MODELS:  # SD1.5 / SDXL inpainting: the note says where to get them
+            if names & builder.UNREGISTERED_MODELS:  # SDXL inpainting: the note says what to load
                 assert models is None, (path, node["type"])
                 continue
             assert models, f"{os.path.basename(path)}: {node['type']} has no properties.models"

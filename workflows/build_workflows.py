@@ -34,9 +34,9 @@ SD15_INPAINT = "sd-v1-5-inpainting.ckpt"  # as published in stable-diffusion-v1-
 SDXL_INPAINT = "sd_xl_1.0_inpainting_0.1.safetensors"  # diffusers/stable-diffusion-xl-1.0-inpainting-0.1 as one file
 SD15_CONTROLNET = "salient_controlnet_sd15"
 SDXL_CONTROLNET = "salient_controlnet_sdxl"
-# Checkpoints the pack does not download (no row in models/model_files/model_registry.py): the workflow's note says
-# where to get them, so the loader carries no frontend download entry.
-UNREGISTERED_MODELS = {SD15_INPAINT, SDXL_INPAINT}
+# Checkpoints the pack does not download (no row in models/model_files/model_registry.py: SDXL inpainting is published
+# as a diffusers folder): the workflow's note says what to load, so the loader carries no frontend download entry.
+UNREGISTERED_MODELS = {SDXL_INPAINT}
 SALIENT_CKPT = "ckpt_base.pth"
 SAM_CKPT = "sam_vit_b_01ec64.pth"
 EXAMPLE_IMAGE = "example_product.png"
@@ -347,7 +347,8 @@ PAPER_VARIANTS = {
         title="The paper's workflow on SD1.5 inpainting", size=512, checkpoint=SD15_INPAINT, controlnet=SD15_CONTROLNET,
         prefix="salient_background/paper_sd15", frame_title="Frame (512 for SD1.5)", note_height=260,
         note=_base_note("Stable Diffusion 1.5 inpainting", "sd15-inpainting", SD15_INPAINT,
-                        "stable-diffusion-v1-5/stable-diffusion-inpainting, CreativeML Open RAIL-M",
+                        "stable-diffusion-v1-5/stable-diffusion-inpainting, CreativeML Open RAIL-M; "
+                        "python -m salient_background download sd15 fetches it",
                         SD15_CONTROLNET, 512)),
     "sdxl": dict(
         title="The paper's workflow on SDXL inpainting", size=1024, checkpoint=SDXL_INPAINT, controlnet=SDXL_CONTROLNET,
