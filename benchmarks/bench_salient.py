@@ -2,15 +2,19 @@
 
 One run: a full-size InSPyReNet (Swin-B) checkpoint in the official layout is generated once; each arm then
 runs in its own subprocess (so its peak resident memory, ``ru_maxrss``, is its own) with the same thread
-count, one warm-up call and ``--repeats`` timed calls on a 1024x1024 synthetic photo. Timed: the whole
-image -> float map path (8-bit image in, resize, network, sigmoid, normalisation, resize back). Prints both
-absolute times, the ratio ours/reference (goal <= 1.0x) and peak memory, then ours at batch 1 vs batch N
-(the per-image gain from batching; the reference's ``Remover.process`` takes one image at a time).
+count, one warm-up call and ``--repeats`` timed calls on a 1024x1024 synthetic photo. The arms alternate for
+``--rounds`` rounds (ours first in even rounds, the reference first in odd ones) and each arm's fastest call
+counts, so that load from other processes on a shared machine inflates neither arm more than the other.
+Timed: the whole image -> float map path (8-bit image in, resize, network, sigmoid, normalisation, resize
+back). Prints both absolute times, the ratio ours/reference (goal <= 0.7x) and peak memory, then ours at
+batch 1 vs batch N (the per-image gain from batching; the reference's ``Remover.process`` takes one image
+at a time).
 
 The reference arm runs only where ``transparent_background`` is importable; the simplest set-up is a scratch
 venv with the reference installed and this pack installed into it with ``pip install -e <repo> --no-deps``:
 
-    <venv>/bin/python benchmarks/bench_salient.py [--threads 2] [--mode base] [--size 1024] [--repeats 2] [--batch 4]
+    <venv>/bin/python benchmarks/bench_salient.py [--threads 2] [--mode base] [--size 1024] [--repeats 2]
+        [--rounds 3] [--batch 4] [--checkpoint ckpt.pth]
 """
 from __future__ import annotations
 
@@ -112,7 +116,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mode", choices=sorted(BASE_SIZES), default="base")
     parser.add_argument("--size", type=int, default=1024, help="square image side in pixels")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="timed calls per arm and round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the two arms")
     parser.add_argument("--batch", type=int, default=4, help="batch size for the batching comparison")
     parser.add_argument("--checkpoint", help="use this checkpoint instead of generating random weights")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -127,7 +132,8 @@ def main() -> None:
 
     has_reference = importlib.util.find_spec("transparent_background") is not None
     print(f"torch {torch.__version__}, threads {args.threads}, mode {args.mode} (base size {BASE_SIZES[args.mode]}), "
-          f"image {args.size}x{args.size}, {args.repeats} timed runs after 1 warm-up, load average {os.getloadavg()}")
+          f"image {args.size}x{args.size}, {args.rounds} alternating rounds of {args.repeats} timed runs after 1 warm-up, "
+          f"load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint
         if checkpoint is None:
@@ -135,19 +141,25 @@ def main() -> None:
 
             torch.set_num_threads(args.threads)
             checkpoint = save_pth(random_inspyrenet_state_dict(0, BASE_SIZES[args.mode]), os.path.join(tmp, "ckpt.pth"))
-        ours = _spawn(args, "ours", 1, checkpoint)
-        best = min(ours["times"])
-        print(f"ours      batch 1: best {best:.3f} s  (runs {', '.join(f'{t:.3f}' for t in ours['times'])}), "
-              f"peak RSS {ours['maxrss_mib']:.0f} MiB", flush=True)
+        arms = ["ours", "reference"] if has_reference else ["ours"]
         if not has_reference:
             print("reference: transparent_background is not importable here; run this script with a venv that has it")
-        else:
-            ref = _spawn(args, "reference", 1, checkpoint)
-            ref_best = min(ref["times"])
-            print(f"reference batch 1: best {ref_best:.3f} s  (runs {', '.join(f'{t:.3f}' for t in ref['times'])}), "
-                  f"peak RSS {ref['maxrss_mib']:.0f} MiB")
-            print(f"ratio ours/reference: {best / ref_best:.3f}x (goal <= 1.0x); "
-                  f"peak memory ratio {ours['maxrss_mib'] / ref['maxrss_mib']:.3f}x", flush=True)
+        runs = {arm: [] for arm in arms}
+        for round_ in range(args.rounds):
+            for arm in arms if round_ % 2 == 0 else arms[::-1]:
+                result = _spawn(args, arm, 1, checkpoint)
+                runs[arm].append(result)
+                print(f"round {round_ + 1} {arm:9s}: {', '.join(f'{t:.3f}' for t in result['times'])} s, "
+                      f"peak RSS {result['maxrss_mib']:.0f} MiB, load average {os.getloadavg()[0]:.2f}", flush=True)
+        best = {arm: min(t for r in results for t in r["times"]) for arm, results in runs.items()}
+        rss = {arm: max(r["maxrss_mib"] for r in results) for arm, results in runs.items()}
+        for arm in arms:
+            print(f"{arm:9s} batch 1: best {best[arm]:.3f} s of {args.rounds} x {args.repeats} runs, "
+                  f"peak RSS {rss[arm]:.0f} MiB", flush=True)
+        if has_reference:
+            print(f"ratio ours/reference: {best['ours'] / best['reference']:.3f}x (goal <= 0.7x); "
+                  f"peak memory ratio {rss['ours'] / rss['reference']:.3f}x", flush=True)
+        best = best["ours"]
         if args.batch > 1:
             batched = _spawn(args, "ours", args.batch, checkpoint)
             per_image = min(batched["times"]) / args.batch

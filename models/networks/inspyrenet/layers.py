@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu_kernels import fold_batchnorm, to_channels_last
+
 
 def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
@@ -28,10 +30,22 @@ class ConvBN(nn.Module):
         self.relu = relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        if self.bn is not None:
-            x = self.bn(x)
-        return F.relu(x) if self.relu else x
+        if self.training:
+            x = self.conv(x)
+            if self.bn is not None:
+                x = self.bn(x)
+            return F.relu(x) if self.relu else x
+        weight, bias = self.folded_weights()
+        conv = self.conv
+        x = F.conv2d(to_channels_last(x), weight, bias, conv.stride, conv.padding, conv.dilation)
+        return F.relu_(x) if self.relu else x
+
+    def folded_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight, bias) of the single convolution that equals conv + eval-mode BatchNorm (recomputed per
+        call: it costs a pass over the weights, not over the image)."""
+        if self.bn is None:
+            return self.conv.weight, None
+        return fold_batchnorm(self.conv.weight, self.bn)
 
 
 class AxialSelfAttention(nn.Module):

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu_kernels import to_channels_last
 from .layers import AxialSelfAttention, ConvBN
 
 
@@ -111,11 +112,30 @@ class SICA(nn.Module):
         prob = F.interpolate(prob, size=(sh, sw), mode="bilinear", align_corners=False).reshape(b, self.ctx, n)
         context = torch.bmm(prob, f).permute(0, 2, 1).unsqueeze(3)
 
-        query = self.conv_query(x).view(b, self.depth, -1).permute(0, 2, 1)
-        key = self.conv_key(context).view(b, self.depth, -1)
-        value = self.conv_value(context).view(b, self.depth, -1).permute(0, 2, 1)
-        sim = (torch.bmm(query, key) * self.depth**-0.5).softmax(dim=-1)
-        context = torch.bmm(sim, value).permute(0, 2, 1).contiguous().view(b, -1, h, w)
-        context = self.conv_out1(context)
+        query = self.conv_query(x).flatten(2).transpose(1, 2)  # [B, h*w, depth]
+        key = self.conv_key(context).flatten(2)  # [B, depth, ctx]
+        value = self.conv_value(context).flatten(2)  # [B, depth, ctx]
+        sim = (torch.bmm(query, key) * self.depth**-0.5).softmax(dim=-1)  # [B, h*w, ctx]
+        context = self._attend_and_convolve(sim, value, h, w)
         x = self.conv_out3(self.conv_out2(torch.cat([x, context], dim=1)))
         return x, self.conv_out4(x)
+
+    def _attend_and_convolve(self, sim: torch.Tensor, value: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """``conv_out1`` of the attended context ``sim @ value^T`` (a [B, depth, h, w] map).
+
+        In eval mode without building that map: a convolution is linear, so convolving the ``ctx``
+        similarity maps with kernels pre-multiplied by ``value`` gives the same result (``ctx`` is 3 or 5
+        input channels instead of ``depth``; the zero padding agrees because both maps are zero there).
+        """
+        b = sim.shape[0]
+        if self.training:
+            context = torch.bmm(sim, value.transpose(1, 2)).transpose(1, 2).reshape(b, -1, h, w)
+            return self.conv_out1(context)
+        weight, bias = self.conv_out1.folded_weights()
+        conv = self.conv_out1.conv
+        maps = to_channels_last(sim.reshape(b, h, w, self.ctx).permute(0, 3, 1, 2))
+        out = [
+            F.conv2d(maps[i:i + 1], torch.einsum("odyx,dk->okyx", weight, value[i]), bias, 1, conv.padding, conv.dilation)
+            for i in range(b)
+        ]
+        return F.relu_(out[0] if b == 1 else torch.cat(out))

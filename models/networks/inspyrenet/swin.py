@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu_kernels import Linear, onednn_applies, to_channels_last
+
 SWIN_B = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=12)
 
 
@@ -58,30 +60,34 @@ class WindowAttention(nn.Module):
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
         # Persistent: the official checkpoints carry it (its value is always the computed one).
         self.register_buffer("relative_position_index", relative_position_index(window))
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3)
+        self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """softmax(q k^T * scale + bias [+ shift mask]) v per window and head, as one fused kernel."""
         bw, n, c = x.shape
         qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = (q * self.scale) @ k.transpose(-2, -1)
+        q, k, v = qkv.unbind(0)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(n, n, -1)
-        attn = attn + bias.permute(2, 0, 1).unsqueeze(0)
-        if mask is not None:
+        bias = bias.permute(2, 0, 1).unsqueeze(0).to(q.dtype)  # [1, heads, n, n]
+        if mask is None:
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        else:  # the shift mask differs per window: one call per image of the batch
             nw = mask.shape[0]
-            attn = attn.view(bw // nw, nw, self.num_heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
-            attn = attn.view(-1, self.num_heads, n, n)
-        attn = attn.softmax(dim=-1)
-        x = (attn @ v).transpose(1, 2).reshape(bw, n, c)
-        return self.proj(x)
+            bias = bias + mask.unsqueeze(1).to(q.dtype)  # [nW, heads, n, n]
+            parts = [
+                F.scaled_dot_product_attention(q[i:i + nw], k[i:i + nw], v[i:i + nw], attn_mask=bias, scale=self.scale)
+                for i in range(0, bw, nw)
+            ]
+            x = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return self.proj(x.transpose(1, 2).reshape(bw, n, c))
 
 
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc1 = Linear(dim, hidden)
+        self.fc2 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
@@ -120,7 +126,7 @@ class SwinBlock(nn.Module):
 class PatchMerging(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.reduction = Linear(4 * dim, 2 * dim, bias=False)
         self.norm = nn.LayerNorm(4 * dim)
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -183,7 +189,7 @@ class PatchEmbed(nn.Module):
         x = self.proj(x)
         b, c, hh, ww = x.shape
         x = self.norm(x.flatten(2).transpose(1, 2))
-        return x.transpose(1, 2).reshape(b, c, hh, ww)
+        return x.view(b, hh, ww, c).permute(0, 3, 1, 2)  # [B,C,H,W] in NHWC memory: the token order
 
 
 class SwinTransformer(nn.Module):
@@ -203,14 +209,19 @@ class SwinTransformer(nn.Module):
     def forward(self, x: torch.Tensor):
         x = self.patch_embed(x)
         h, w = x.shape[2], x.shape[3]
-        outs = [x.contiguous()]
+        outs = [_feature_map(x)]
         x = x.flatten(2).transpose(1, 2)
         for i, layer in enumerate(self.layers):
             out, x, nh, nw = layer(x, h, w)
             out = getattr(self, f"norm{i}")(out)
-            outs.append(out.view(-1, h, w, self.num_features[i]).permute(0, 3, 1, 2).contiguous())
+            outs.append(_feature_map(out.view(-1, h, w, self.num_features[i]).permute(0, 3, 1, 2)))
             h, w = nh, nw
         return tuple(outs)
+
+
+def _feature_map(x: torch.Tensor) -> torch.Tensor:
+    """A [B,C,H,W] view of tokens: left in NHWC memory where the decoder's convolutions want it, else NCHW."""
+    return to_channels_last(x) if onednn_applies(x) else x.contiguous()
 
 
 def swin_b() -> SwinTransformer:
