@@ -14,8 +14,9 @@ which include the exact caption-embedding cache: the text encoder leaves memory 
 (``--latent-cache``: the VAE posteriors of 4 fixed crops per photo are computed before the first step -- by the first
 cached run of the benchmark, which prints that time as "start to first step"; later cached runs reuse the files --
 and the VAE then leaves memory), ``ours-lean`` (the same plus ``--gradient-checkpointing controlnet
---optimizer-in-backward --compact-heap``, run with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``: the lowest peak memory)
-and ``reference``.
+--optimizer-in-backward --compact-heap``, run with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``: the lowest peak memory),
+``ours-lean-all`` (the same with ``--gradient-checkpointing all``, the UNet's activations recomputed too) and
+``reference``.
 
 Reference arm: ``train_controlnet.py`` of yahoo/photo-background-generation (the file holding the inpainting
 trainer; the repo's two trainer names are swapped), run from a scratch copy OUTSIDE this repo (never committed):
@@ -176,18 +177,19 @@ def child_ours(args) -> None:
     write_manifest(os.path.join(data, "manifest.jsonl"), [
         {"image": os.path.relpath(r["image"], data), "mask": os.path.relpath(r["mask"], data), "captions": [r["caption"]]}
         for r in rows])
-    cached = args._child in ("ours-cached", "ours-lean")
+    cached = args._child in ("ours-cached", "ours-lean", "ours-lean-all")
     run_dir = os.path.join(args.workdir, f"{args._child}_{os.path.basename(args.si2)}_run")
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run
     shared_cache = os.path.join(args.workdir, f"{SHARED_CACHE}_{os.path.basename(args.si2)}")
     if cached and os.path.isdir(shared_cache):  # built (and timed) by this benchmark's first cached run
         shutil.copytree(shared_cache, os.path.join(run_dir, "latent_cache"))
     _time_optimizer_steps(args.steps, args.out)
-    lean = args._child == "ours-lean"
+    lean = args._child in ("ours-lean", "ours-lean-all")
+    checkpointing = "all" if args._child == "ours-lean-all" else "controlnet" if lean else "off"
     train(TrainConfig(data=data, base_model=args.si2, output_dir=run_dir,
                       batch_size=1, learning_rate=5e-6, max_train_steps=args.steps + 1, checkpointing_steps=0,
                       report_to="none", log_every=1, seed=0, latent_cache=cached,
-                      gradient_checkpointing="controlnet" if lean else "off", optimizer_in_backward=lean,
+                      gradient_checkpointing=checkpointing, optimizer_in_backward=lean,
                       compact_heap=lean))
 
 
@@ -231,7 +233,7 @@ def run_arm(name: str, args) -> dict:
     cmd = [python, os.path.abspath(__file__), "--_child", name, "--workdir", args.workdir, "--si2", args.si2,
            "--steps", str(args.steps), "--threads", str(args.threads), "--out", out]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    if name == "ours-lean":  # --compact-heap's fresh pages come as transparent huge pages: 4x fewer page faults
+    if name in ("ours-lean", "ours-lean-all"):  # --compact-heap's fresh pages come as transparent huge pages: 4x fewer page faults
         env["GLIBC_TUNABLES"] = HUGE_PAGES_TUNABLE
     if name == "reference":
         cmd += ["--reference", args.reference]
@@ -265,7 +267,7 @@ def main() -> None:
                    help="ours = default settings; ours-cached = --latent-cache (the first cached run builds the "
                         "cache before its first step: see 'start to first step'; later ones reuse it); ours-lean = "
                         "ours-cached + --gradient-checkpointing controlnet --optimizer-in-backward --compact-heap; "
-                        "reference = yahoo's trainer")
+                        "ours-lean-all = the same with --gradient-checkpointing all; reference = yahoo's trainer")
     p.add_argument("--steps", type=int, default=6, help="optimizer steps per arm (the first --warmup are not timed)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rounds", type=int, default=1,
