@@ -47,3 +47,23 @@ def inspyrenet_fast_checkpoint(tmp_path_factory) -> str:
 
     path = tmp_path_factory.mktemp("salient") / "ckpt_fast.pth"
     return save_pth(random_inspyrenet_state_dict(seed=0, base_size=384), path)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory):
+    """Tiny random SD2-inpainting models + salient ControlNet in every released file form (built once a session)."""
+    from sb_testkit.diffusers_models import tiny_sd_models
+
+    return tiny_sd_models(str(tmp_path_factory.getbasetemp()))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny networks run fastest on one thread (on a busy machine two OpenMP threads are many times slower).
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

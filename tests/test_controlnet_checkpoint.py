@@ -19,7 +19,7 @@ from salient_background.models.networks.controlnet_checkpoint import (
 )
 from salient_background.models.errors import CheckpointError
 from sb_testkit import controlnet_parity as cp
-from sb_testkit.diffusers_models import CROSS_ATTENTION_DIM, tiny_sd  # noqa: F401  (fixture)
+from sb_testkit.diffusers_models import CROSS_ATTENTION_DIM
 
 W = CROSS_ATTENTION_DIM  # the tiny models' cross-attention width
 

@@ -15,12 +15,10 @@ import shutil
 import socket
 
 import pytest
-import torch
 from PIL import Image
 
 from salient_background import cli
 from salient_background.models.model_files import model_registry
-from sb_testkit.diffusers_models import tiny_sd  # noqa: F401  (session fixture)
 from sb_testkit.local_http import LocalFileServer
 from sb_testkit.sam import cached_checkpoint
 from sb_testkit.sd_single_file import comfyui_models_dir
@@ -28,12 +26,7 @@ from sb_testkit.sd_single_file import comfyui_models_dir
 SMALL = ["--size", "64", "--steps", "2", "--device", "cpu", "--no-progress", "--salient-mode", "fast"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny_source(entry, tiny, single_file, inspyrenet_path) -> str:

@@ -344,7 +344,7 @@ def test_table_values_are_well_formed_and_self_consistent():
         assert m.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", m.sha256)
         assert m.md5 is None or re.fullmatch(r"[0-9a-f]{32}", m.md5)
         if m.revision and "huggingface.co" in m.urls[0]:
-            assert all(f"/resolve/" in u for u in m.urls) and m.revision in m.urls[0]
+            assert all("/resolve/" in u for u in m.urls) and m.revision in m.urls[0]
         assert m.licence
     # Meta names each SAM file after the first digits of its md5: the recorded md5s agree with the URLs
     for m in MODEL_FILES:

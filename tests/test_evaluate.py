@@ -14,13 +14,10 @@ from PIL import Image
 
 from salient_background.cli import main
 from sb_testkit.images import disk_mask, object_on_background, rect_mask
-from sb_testkit.sam import cached_checkpoint, single_thread
+from sb_testkit.sam import cached_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _save_mask(mask: torch.Tensor, path) -> None:

@@ -10,7 +10,6 @@ import sys
 import textwrap
 import types
 
-import pytest
 
 from salient_background.nodes import example_inputs
 

@@ -11,13 +11,10 @@ import torch
 from salient_background.models.scoring import expansion as ex
 from salient_background.models.errors import InputError
 from sb_testkit.images import disk_mask, object_on_background, rect_mask
-from sb_testkit.sam import cached_checkpoint, single_thread
+from sb_testkit.sam import cached_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_identical_masks_have_no_expansion():

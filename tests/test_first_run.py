@@ -21,7 +21,6 @@ from PIL import Image
 
 from salient_background import cli
 from salient_background.models.model_files import model_registry
-from sb_testkit.diffusers_models import tiny_sd  # noqa: F401  (session fixture)
 from sb_testkit.local_http import LocalFileServer
 from sb_testkit.sam import cached_checkpoint
 

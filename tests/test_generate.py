@@ -10,17 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from sb_testkit.diffusers_models import tiny_sd  # noqa: F401  (session fixture)
 
 from salient_background import cli
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _photo_folder(root):

@@ -11,20 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from sb_testkit.diffusers_models import build_tiny_unet, tiny_sd  # noqa: F401  (tiny_sd: session fixture)
+from sb_testkit.diffusers_models import build_tiny_unet
 
 from salient_background.models.errors import CheckpointError, InputError
 
 SIZE = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks run fastest on one thread (and a busy machine makes 2 threads ~50x slower on them)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

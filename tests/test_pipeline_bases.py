@@ -23,18 +23,13 @@ import pytest
 import torch
 
 from sb_testkit.bases import tiny_base_folder
-from sb_testkit.diffusers_models import randomize_all_tensors, tiny_sd  # noqa: F401  (session fixture)
+from sb_testkit.diffusers_models import randomize_all_tensors
 from test_pipeline_parity import GUIDANCE, PROMPTS, SEEDS, STEPS, TOLERANCE, parity_inputs, run_reference
 
 GOLDEN_SD15 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "pipeline_parity_sd15.npz")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _pipeline_folder(base: str, root, seed: int) -> str:

@@ -26,7 +26,6 @@ import numpy as np
 import pytest
 import torch
 
-from sb_testkit.diffusers_models import tiny_sd  # noqa: F401  (session fixture)
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "pipeline_parity.npz")
 TOLERANCE = 1e-4
@@ -35,13 +34,7 @@ SEEDS = [13, 14]
 STEPS, GUIDANCE, SCALE = 20, 7.5, 1.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks run fastest on one thread (and a busy machine makes 2 threads ~50x slower on them)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def parity_inputs(size: int = 64) -> tuple[np.ndarray, np.ndarray]:

@@ -11,19 +11,13 @@ import contextlib
 import pytest
 import torch
 
-from sb_testkit.diffusers_models import tiny_sd  # noqa: F401  (session fixture)
 
 from salient_background.models.generation import pipeline as pipeline_module
 
 SIZE = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,13 @@ import torch
 from salient_background.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from salient_background.nodes import sam_nodes
 from sb_testkit.images import disk_mask, object_on_background
-from sb_testkit.sam import EncoderCounter, cached_checkpoint, single_thread
+from sb_testkit.sam import EncoderCounter, cached_checkpoint
 
 NODE_IDS = ["SalientBG_SAMLoader", "SalientBG_SAMRefineMask", "SalientBG_ObjectExpansionScore",
             "SalientBG_SignedSalientAreaChange"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

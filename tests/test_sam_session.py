@@ -17,13 +17,10 @@ from salient_background.models.networks.sam import (
     uses_multimask,
 )
 from sb_testkit.images import disk_mask, object_on_background, textured_image
-from sb_testkit.sam import EncoderCounter, cached_checkpoint, single_thread
+from sb_testkit.sam import EncoderCounter, cached_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

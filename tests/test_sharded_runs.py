@@ -22,7 +22,6 @@ import pytest
 import torch
 from PIL import Image
 
-from sb_testkit.diffusers_models import tiny_sd  # noqa: F401  (session fixture)
 from sb_testkit.images import object_on_background, rect_mask
 from sb_testkit.sam import cached_checkpoint
 

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from sb_testkit.diffusers_models import tiny_sd  # noqa: F401  (session fixture)
 from sb_testkit.sd_single_file import comfyui_models_dir, copy_config_folder, write_sd2_single_file
 
 from salient_background.models.errors import CheckpointError
@@ -24,12 +23,7 @@ SIZE = 64
 SINGLE = os.path.join("checkpoints", "512-inpainting-ema.safetensors")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

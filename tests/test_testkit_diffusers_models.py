@@ -8,16 +8,9 @@ import torch
 
 import pytest
 
-from sb_testkit.diffusers_models import tiny_sd  # noqa: F401  (session fixture)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks run fastest on one thread (and a busy machine makes 2 threads ~50x slower on them)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_si2_folder_has_the_released_layout(tiny_sd):

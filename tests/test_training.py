@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sb_testkit.diffusers_models import CONTROLNET_CONDITIONING_CHANNELS, TINY_IMAGE_SIZE, tiny_sd  # noqa: F401
+from sb_testkit.diffusers_models import CONTROLNET_CONDITIONING_CHANNELS, TINY_IMAGE_SIZE
 from sb_testkit.images import disk_mask, textured_image
 
 from salient_background.models.errors import InputError
@@ -76,13 +76,7 @@ def make_photo_folder(root: str, n: int = 6, h: int = 96, w: int = 80) -> list[f
     return areas
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one thread is faster than two (and much faster on a busy machine, where OpenMP spins)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

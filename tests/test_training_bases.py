@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from sb_testkit.bases import SDXL_TE2_WIDTH, tiny_base_folder
-from sb_testkit.diffusers_models import TINY_IMAGE_SIZE, tiny_sd  # noqa: F401
+from sb_testkit.diffusers_models import TINY_IMAGE_SIZE
 from test_training import RedSegmenter, make_photo_folder
 
 from salient_background.models.errors import InputError
@@ -27,12 +27,7 @@ RES = TINY_IMAGE_SIZE
 TINY_CONDITIONING = (8, 8, 16, 16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import os
 import shutil
 
 import pytest
-import torch
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "training_v1")
 
@@ -27,12 +26,7 @@ def _file_digests(folder: str) -> dict:
             for name in sorted(os.listdir(folder))}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_a_run_from_the_earlier_trainer_resumes_bitwise(tmp_path):

@@ -410,15 +410,3 @@ def tiny_sd_models(base_dir: str | None = None) -> TinySDModels:
             os.makedirs(root, exist_ok=True)
             _CACHE["default"] = build_tiny_sd_models(root)
         return _CACHE["default"]
-
-
-try:  # the fixture; pytest is only needed by the tests
-    import pytest
-
-    @pytest.fixture(scope="session")
-    def tiny_sd(tmp_path_factory) -> TinySDModels:
-        """Session-wide :class:`TinySDModels` (built once, whichever module imports this fixture first)."""
-        return tiny_sd_models(str(tmp_path_factory.getbasetemp()))
-
-except ImportError:  # pragma: no cover
-    pass

@@ -92,16 +92,3 @@ class EncoderCounter:
 
     def __exit__(self, *exc):
         self.remove()
-
-
-class single_thread:
-    """Run torch on one thread inside the block (restored after). The SAM decoder's many small matmuls are
-    several times slower with 2 threads on a busy 2-core CI machine (thread oversubscription)."""
-
-    def __enter__(self):
-        self._old = torch.get_num_threads()
-        torch.set_num_threads(1)
-        return self
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self._old)
