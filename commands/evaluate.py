@@ -295,11 +295,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     that could not be scored (unreadable files), each with the reason; a re-run skips them unless --retry-failed."""
     from ..models.runs.ranks import join_ranks
 
-    ranks = join_ranks()
-    try:
+    with join_ranks() as ranks:
         return _evaluate(args, ranks)
-    finally:
-        ranks.close()
 
 
 def _evaluate(args: argparse.Namespace, ranks) -> dict:

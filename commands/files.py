@@ -48,7 +48,7 @@ def find_images(inputs: list[str], other: Optional[Callable[[str], bool]] = None
 
 # ---------------------------------------------------------------------------------------------- atomic writes
 # (the helpers live in models/runs/atomic.py, beside the run records that use them too)
-from ..models.runs.atomic import write_atomically, write_json_atomically  # noqa: E402,F401
+from ..models.runs.atomic import write_atomically  # noqa: E402
 
 
 def save_image_atomically(image, path: str) -> None:

@@ -12,8 +12,8 @@ from typing import Optional
 from ..models.errors import InputError
 from ..models.runs.item_ids import assign_ids, base_name, colliding_groups
 from .common import add_run_options, check_run_options, ensure_output_dir, report_failures, run_shared_part
-from .files import (IMAGE_SUFFIXES, FoundImage, find_images, save_image_atomically, write_atomically,
-                    write_json_atomically)
+from ..models.runs.atomic import write_atomically, write_json_atomically
+from .files import IMAGE_SUFFIXES, FoundImage, find_images, save_image_atomically
 
 log = logging.getLogger("salient_background")
 
@@ -235,11 +235,8 @@ def run(args: argparse.Namespace) -> int:
     from ..models.runs.ranks import join_ranks
 
     check_run_options(args)
-    ranks = join_ranks()
-    try:
+    with join_ranks() as ranks:
         return _run(args, ranks)
-    finally:
-        ranks.close()
 
 
 def _run(args: argparse.Namespace, ranks) -> int:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from salient_background import cli
-from salient_background.commands.files import write_atomically
+from salient_background.models.runs.atomic import write_atomically
 from salient_background.models.runs import item_ids
 
 

@@ -7,13 +7,17 @@ pipeline and ``generate``: nothing else in the pack hard-codes a base.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
 from typing import Optional, Union
 
 from ..errors import InputError
+from ..networks.checkpoint_io import read_json_object
+
+
+def _read_config(path: str) -> dict:
+    return read_json_object(path, error=InputError)
 
 log = logging.getLogger("salient_background")
 
@@ -111,20 +115,11 @@ def base_for_structure(*, added_conditioning: Optional[str], use_linear_projecti
     return BASES["sd2-inpainting"] if use_linear_projection in (True, None) else BASES["sd15-inpainting"]
 
 
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"could not read {path!r}: {exc}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path!r} is not a JSON object")
-    return data
 
 
 def _pipeline_class(folder: str) -> Optional[str]:
     index = os.path.join(folder, "model_index.json")
-    return _read_json(index).get("_class_name") if os.path.isfile(index) else None
+    return _read_config(index).get("_class_name") if os.path.isfile(index) else None
 
 
 def base_for_pretrained_folder(folder: str, requested: Union[str, InpaintingBase, None] = None) -> InpaintingBase:
@@ -135,7 +130,7 @@ def base_for_pretrained_folder(folder: str, requested: Union[str, InpaintingBase
     config_path = os.path.join(folder, "unet", "config.json")
     if not os.path.isfile(config_path):
         raise InputError(f"{folder!r} has no unet/config.json: it is not a diffusers model folder")
-    config = _read_json(config_path)
+    config = _read_config(config_path)
     if config.get("in_channels") != 9:
         raise InputError(f"the UNet in {folder!r} takes {config.get('in_channels')} input channels; the salient "
                          "ControlNet needs an inpainting UNet (9: noisy latents, mask, masked-image latents)")

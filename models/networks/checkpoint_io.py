@@ -1,6 +1,7 @@
 """Reading weight files: ``.safetensors`` preferred, pickles only with ``weights_only=True``."""
 from __future__ import annotations
 
+import json
 import os
 from typing import Mapping
 
@@ -62,3 +63,15 @@ def describe_keys(keys, limit: int = 5) -> str:
     keys = sorted(keys)
     shown = ", ".join(keys[:limit])
     return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
+
+
+def read_json_object(path: str, error: type = CheckpointError) -> dict:
+    """A JSON file that must hold an object (a model config, an index); anything else is ``error`` naming the file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise error(f"could not read {path!r}: {exc}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path!r} is not a JSON object")
+    return data

@@ -33,7 +33,8 @@ from typing import Mapping, Optional, Union
 
 import torch
 
-from .checkpoint_io import SAFETENSORS_SUFFIXES, WEIGHT_SUFFIXES, describe_keys, load_state_dict, unwrap_state_dict
+from .checkpoint_io import (SAFETENSORS_SUFFIXES, WEIGHT_SUFFIXES, describe_keys, load_state_dict, read_json_object,
+                            unwrap_state_dict)
 from .comfy_keys import (
     ControlNetLayout,
     convert_comfy_to_diffusers,
@@ -100,15 +101,6 @@ _INDEX_NAMES = ("diffusion_pytorch_model.safetensors.index.json", "diffusion_pyt
 # ---------------------------------------------------------------------------------------------------------------
 # locating files
 # ---------------------------------------------------------------------------------------------------------------
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"could not read {path!r}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path!r} is not a JSON object")
-    return data
 
 
 def is_controlnet_folder(path: str) -> bool:
@@ -120,7 +112,7 @@ def _folder_weights(folder: str) -> list[str]:
     for name in _INDEX_NAMES:
         index = os.path.join(folder, name)
         if os.path.isfile(index):
-            weight_map = _read_json(index).get("weight_map", {})
+            weight_map = read_json_object(index).get("weight_map", {})
             return [os.path.join(folder, f) for f in sorted(set(weight_map.values()))]
     for name in _WEIGHT_NAMES:
         if os.path.isfile(os.path.join(folder, name)):
@@ -138,7 +130,7 @@ def _folder_weights(folder: str) -> list[str]:
 def _config_beside(path: str) -> Optional[dict]:
     candidate = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
     if os.path.isfile(candidate):
-        cfg = _read_json(candidate)
+        cfg = read_json_object(candidate)
         if cfg.get("_class_name") in ("ControlNetModel", None) and "block_out_channels" in cfg:
             return cfg
     return None
@@ -434,7 +426,7 @@ def resolve_controlnet_path(path: Union[str, os.PathLike]) -> tuple[list[str], O
                 f"{path!r} is a folder without config.json or controlnet/config.json, so it is neither a diffusers "
                 f"ControlNet folder nor a pipeline folder; it holds: {listing}. {WHERE_TO_GET}"
             )
-        return _folder_weights(folder), _read_json(os.path.join(folder, "config.json")), form
+        return _folder_weights(folder), read_json_object(os.path.join(folder, "config.json")), form
     if os.path.isfile(path):
         if not path.lower().endswith(WEIGHT_SUFFIXES):
             raise CheckpointError(
@@ -469,7 +461,7 @@ def load_controlnet_state_dict(
         raw = load_state_dict(wf, what=WHAT)
         state.update(normalize_controlnet_state_dict(raw, source=f"{WHAT} {wf!r}"))
     if isinstance(config, (str, os.PathLike)):
-        config = _read_json(os.fspath(config))
+        config = read_json_object(os.fspath(config))
     recorded = _recorded_base(folder_config, weight_files)
     cfg = dict(config) if config is not None else None
     if cfg is None:

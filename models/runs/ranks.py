@@ -59,6 +59,12 @@ class Ranks:
         dist.all_reduce(flag)
         return int(flag.item()) == 0
 
+    def __enter__(self) -> "Ranks":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.joined:
             import torch.distributed as dist
