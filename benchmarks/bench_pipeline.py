@@ -159,7 +159,7 @@ def run_comfy_arm(args) -> dict:
     return json.loads(lines[-1][len("COMFY_RESULT "):])
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=4, help="sampling steps per image (default 4)")
@@ -172,7 +172,11 @@ def main() -> None:
     parser.add_argument("--comfyui-models", default=os.path.join(tempfile.gettempdir(), "sb_full_size_models"),
                         help="full-size random checkpoints (make_full_size_models.py; built there when missing)")
     parser.add_argument("--_comfy-child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args._comfy_child:
         comfy_child(args)
         return
@@ -245,6 +249,7 @@ def main() -> None:
             print(f"per image (scale 1.0, best of {args.repeats}): ours {image1:.2f} s, reference {ref_time:.2f} s, "
                   f"ratio {image1 / ref_time:.3f} (goal <= 1.0); max |ours - reference| = {diff:.3g}")
             print("all runs, s/image: " + "; ".join(f"{k} " + ", ".join(f"{r[0]:.1f}" for r in v) for k, v in runs.items()))
+
 
 if __name__ == "__main__":
     main()
