@@ -38,34 +38,31 @@ import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+BASES = ("sd2-inpainting", "sd15-inpainting")
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))  # the test kit's tokenizer and randomiser
 
 
-def full_size_components(seed: int = 0):
+def full_size_components(base: str = "sd2-inpainting", seed: int = 0):
+    """UNet, its salient ControlNet, VAE, text encoder (from the released configs, random weights), tokenizer, scheduler."""
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel, UniPCMultistepScheduler
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+    from salient_background.models.generation.base_configs import full_size_configs
     from sb_testkit.diffusers_models import randomize_all_tensors, sd2_scheduler_config, write_toy_tokenizer
 
+    configs = full_size_configs(base)
+    (encoder_class, encoder_config), = configs["text_encoders"]  # SD2 and SD1.5 have one text encoder
+    if encoder_class != "CLIPTextModel":
+        raise SystemExit(f"{base}: only bases with one CLIPTextModel text encoder are benchmarked here")
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=64, in_channels=9, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
-    ).eval()
+    unet = UNet2DConditionModel.from_config(configs["unet"]).eval()
     controlnet = ControlNetModel.from_unet(unet, conditioning_channels=3, conditioning_embedding_out_channels=(16, 32, 96, 256))
     randomize_all_tensors(controlnet, seed + 1, std=0.02).eval()
-    vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
-    ).eval()
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
-        max_position_embeddings=77, hidden_act="gelu", projection_dim=512,
-    )).eval()
+    vae = AutoencoderKL.from_config(configs["vae"]).eval()
+    text_encoder = CLIPTextModel(CLIPTextConfig(**encoder_config)).eval()
     folder = write_toy_tokenizer(tempfile.mkdtemp(prefix="bench_tok_"))
     tokenizer = CLIPTokenizer.from_pretrained(folder)
+    # SD1.5 inpainting ships PNDM with the same scaled-linear betas and epsilon prediction: one UniPC config fits both
     scheduler = UniPCMultistepScheduler.from_config(sd2_scheduler_config())
     return unet, controlnet, vae, text_encoder, tokenizer, scheduler
 
@@ -93,6 +90,21 @@ def load_reference(path: str):
 # ---------------------------------------------------------------------------------------------------------------
 # ComfyUI arm: runs in a child process of the ComfyUI interpreter
 # ---------------------------------------------------------------------------------------------------------------
+def comfy_files(base: str) -> dict:
+    """The test kit's script that writes ``base``'s full-size random ComfyUI files (cached in its output folder), that
+    folder's default and the checkpoint and salient ControlNet in it."""
+    integration = os.path.join(os.path.dirname(HERE), "tests", "integration")
+    if base == "sd2-inpainting":
+        return {"maker": os.path.join(integration, "make_full_size_models.py"), "folder": "sb_full_size_models",
+                "checkpoint": "sd2_inpainting_random.safetensors", "controlnet": "controlnet_salient.safetensors"}
+    sys.path.insert(0, integration)
+    from make_base_models import CHECKPOINTS, CONTROLNETS  # noqa: E402  (imports nothing heavy)
+
+    kind = {"sd15-inpainting": "sd15"}[base]
+    return {"maker": os.path.join(integration, "make_base_models.py"), "folder": "sb_base_models",
+            "checkpoint": CHECKPOINTS[kind], "controlnet": CONTROLNETS[kind]}
+
+
 def comfy_child(args) -> None:
     """Seconds per sampling step in ComfyUI with and without the salient ControlNet; prints one JSON line."""
     sys.path.insert(0, args.comfyui)
@@ -106,10 +118,10 @@ def comfy_child(args) -> None:
 
     from salient_background.nodes.controlnet_nodes import SalientControlNetConditioning, load_salient_controlnet
 
-    models = args.comfyui_models
+    files = comfy_files(args.base)
     model, clip, vae = comfy.sd.load_checkpoint_guess_config(
-        os.path.join(models, "sd2_inpainting_random.safetensors"), output_vae=True, output_clip=True)[:3]
-    control_net = load_salient_controlnet(os.path.join(models, "controlnet_salient.safetensors"))
+        os.path.join(args.comfyui_models, files["checkpoint"]), output_vae=True, output_clip=True)[:3]
+    control_net = load_salient_controlnet(os.path.join(args.comfyui_models, files["controlnet"]))
     positive = comfy_nodes.CLIPTextEncode().encode(clip, "a bottle on a table")[0]
     negative = comfy_nodes.CLIPTextEncode().encode(clip, "")[0]
     photo, object_mask = inputs(args.size)
@@ -119,7 +131,7 @@ def comfy_child(args) -> None:
     pos_cn, neg_cn, latent = with_cn
     if not all("control" in entry[1] for entry in pos_cn + neg_cn):
         raise SystemExit("the salient conditioning carries no ControlNet: nothing to measure")
-    # the baseline: the very same SD2-inpainting conditioning (masked-image latent + mask) with the control removed
+    # the baseline: the very same inpainting conditioning (masked-image latent + mask) with the control removed
     strip = lambda cond: [[t, {k: v for k, v in d.items() if k != "control"}] for t, d in cond]  # noqa: E731
     pos_plain, neg_plain = strip(pos_cn), strip(neg_cn)
     latent_image = latent["samples"]
@@ -145,10 +157,10 @@ def comfy_child(args) -> None:
 
 def run_comfy_arm(args) -> dict:
     here = os.path.abspath(__file__)
-    make = os.path.join(os.path.dirname(HERE), "tests", "integration", "make_full_size_models.py")
+    make = comfy_files(args.base)["maker"]
     subprocess.run([args.comfyui_python, make, args.comfyui, args.comfyui_models], check=True)  # skipped when built
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    cmd = [args.comfyui_python, here, "--_comfy-child", "--comfyui", args.comfyui, "--comfyui-models",
+    cmd = [args.comfyui_python, here, "--_comfy-child", "--base", args.base, "--comfyui", args.comfyui, "--comfyui-models",
            args.comfyui_models, "--size", str(args.size), "--steps", str(args.steps), "--threads", str(args.threads),
            "--repeats", str(args.repeats)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -161,6 +173,8 @@ def run_comfy_arm(args) -> dict:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", choices=BASES, default="sd2-inpainting",
+                        help="inpainting base of every arm (default sd2-inpainting)")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=4, help="sampling steps per image (default 4)")
     parser.add_argument("--threads", type=int, default=2)
@@ -169,10 +183,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--comfyui", help="a ComfyUI checkout: adds the ComfyUI with/without-ControlNet arm")
     parser.add_argument("--comfyui-python", default=sys.executable,
                         help="interpreter with ComfyUI's requirements and this pack (default: this one)")
-    parser.add_argument("--comfyui-models", default=os.path.join(tempfile.gettempdir(), "sb_full_size_models"),
-                        help="full-size random checkpoints (make_full_size_models.py; built there when missing)")
+    parser.add_argument("--comfyui-models",
+                        help="full-size random checkpoints, built there when missing (default: <tmp>/sb_full_size_models "
+                             "by make_full_size_models.py for SD2, <tmp>/sb_base_models by make_base_models.py for SD1.5)")
     parser.add_argument("--_comfy-child", action="store_true", help=argparse.SUPPRESS)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.comfyui and not args.comfyui_models:
+        args.comfyui_models = os.path.join(tempfile.gettempdir(), comfy_files(args.base)["folder"])
+    return args
 
 
 def main() -> None:
@@ -181,7 +199,8 @@ def main() -> None:
         comfy_child(args)
         return
     torch.set_num_threads(args.threads)
-    comfy = None
+    if args.base != "sd2-inpainting":  # the SD2 run's lines stay as they were
+        print(f"base {args.base}: full-size architecture, random weights", flush=True)
     if args.comfyui:  # first, in its own process, before this one holds ~7 GiB of models
         comfy = run_comfy_arm(args)
         print(f"ComfyUI, s/step (euler, fastest of steps 2.., best of {args.repeats}): with ControlNet "
@@ -193,7 +212,7 @@ def main() -> None:
     from salient_background.models.generation.pipeline import SalientBackgroundPipeline
 
     t0 = time.perf_counter()
-    unet, controlnet, vae, text_encoder, tokenizer, scheduler = full_size_components()
+    unet, controlnet, vae, text_encoder, tokenizer, scheduler = full_size_components(args.base)
     count = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
     print(f"built full-size random models in {time.perf_counter() - t0:.1f} s: UNet {count(unet):.0f} M, "
           f"ControlNet {count(controlnet):.0f} M, text encoder {count(text_encoder):.0f} M, VAE {count(vae):.0f} M")
