@@ -6,7 +6,7 @@ step's time is the fastest of steps 2.. of an image (step 1 also holds the encod
 
 1. with ``--comfyui PATH`` (a ComfyUI checkout; ``--comfyui-python`` an interpreter that has ComfyUI's requirements
    and this pack): seconds per sampling step in ComfyUI with the salient ControlNet (our loader + our conditioning
-   node, then ComfyUI's own sampler) and without it (the same conditioning with the control removed: plain SD2
+   node, then ComfyUI's own sampler) and without it (the same conditioning with the control removed: plain
    inpainting) -- goal <= 1.40x (at 256x256 the ControlNet is ~0.35 of a UNet forward in FLOPs). This arm runs in
    a child process of that interpreter on full-size random single-file checkpoints written by
    ``tests/integration/make_full_size_models.py`` (``--comfyui-models DIR``, built there when missing);
@@ -16,12 +16,15 @@ step's time is the fastest of steps 2.. of an image (step 1 also holds the encod
    repository): seconds per image of our pipeline vs the reference pipeline on the same modules, seed and inputs --
    goal <= 1.0x -- and the max difference of their images.
 
-Full-size architectures: the SD2-inpainting UNet (9 input channels, ~866 M parameters), the ControlNet made from it
-(every tensor redrawn at random, ~364 M), the OpenCLIP ViT-H text tower as a ``CLIPTextModel`` (~340 M) and the SD VAE
-(~84 M); fp32 needs ~7 GiB of memory: run it under ``flock /tmp/heavy.lock``.
+Full-size architectures from the released configs (``models/generation/base_configs.py``), ``--base``:
+``sd2-inpainting`` (default): the SD2-inpainting UNet (9 input channels, ~866 M parameters), the ControlNet made from
+it (every tensor redrawn at random, ~364 M), the OpenCLIP ViT-H text tower as a ``CLIPTextModel`` (~340 M) and the SD
+VAE (~84 M); ``sd15-inpainting``: the SD1.5-inpainting UNet (~860 M), its ControlNet (~361 M), the CLIP ViT-L text
+tower (~123 M) and the same VAE, the ComfyUI arm then on the SD1.5 files of ``tests/integration/make_base_models.py``
+(default folder <tmp>/sb_base_models). fp32 needs ~7 GiB of memory: run it under ``flock /tmp/heavy.lock``.
 
     flock /tmp/heavy.lock python benchmarks/bench_pipeline.py --size 256 --steps 4 --threads 2 [--reference PATH] \
-        [--comfyui /path/to/ComfyUI --comfyui-python /path/to/comfy/venv/bin/python]
+        [--comfyui /path/to/ComfyUI --comfyui-python /path/to/comfy/venv/bin/python] [--base sd15-inpainting]
 """
 from __future__ import annotations
 
