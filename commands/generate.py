@@ -51,6 +51,7 @@ from ..models.errors import InputError
 from ..models.runs.item_ids import assign_ids, base_name, colliding_groups, safe_name
 from .common import add_run_options, check_run_options, ensure_output_dir
 from ..models.runs.atomic import write_atomically, write_json_atomically
+from ..models.runs.journal import read_merged_manifest
 from .files import IMAGE_SUFFIXES, find_images, save_image_atomically
 
 log = logging.getLogger("salient_background")
@@ -388,14 +389,7 @@ def read_state(out: str, journal) -> FolderState:
     file is gone are dropped; rows of an older version, which recorded no per-row settings, are left out: their
     images count as undescribed), and the failed photos."""
     path = os.path.join(out, "manifest.json")
-    data = {}
-    if os.path.isfile(path):
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"cannot read {path!r} ({exc}): choose another --output-dir, or remove that file") from exc
-    data = data if isinstance(data, dict) else {}
+    data = read_merged_manifest(path)
     raw = {row.get("id"): row for row in data.get("rows", []) if isinstance(row, dict)}
     failed = {f["id"]: f for f in data.get("failed", []) if isinstance(f, dict) and "id" in f}
     pending = journal.pending()

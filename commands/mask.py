@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from ..models.errors import InputError
 from ..models.runs.item_ids import assign_ids, base_name, colliding_groups
 from .common import add_run_options, check_run_options, ensure_output_dir, report_failures, run_shared_part
 from ..models.runs.atomic import write_atomically, write_json_atomically
+from ..models.runs.journal import read_merged_manifest
 from .files import IMAGE_SUFFIXES, FoundImage, find_images, save_image_atomically
 
 log = logging.getLogger("salient_background")
@@ -107,14 +107,7 @@ def run_settings(args, dtype) -> dict:
 def read_folder_state(folder: str, journal) -> tuple[dict, dict]:
     """(rows by id, failures by id) of ``folder``'s mask manifest and of records not merged yet."""
     path = os.path.join(folder, MANIFEST_JSON)
-    data = {}
-    if os.path.isfile(path):
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"cannot read {path!r} ({exc}): remove that file, or choose another --output-dir") from exc
-    data = data if isinstance(data, dict) else {}
+    data = read_merged_manifest(path)
     rows = {r["id"]: r for r in data.get("rows", []) if isinstance(r, dict) and "id" in r}
     failed = {f["id"]: f for f in data.get("failed", []) if isinstance(f, dict) and "id" in f}
     fold_records(rows, failed, journal.pending())

@@ -7,8 +7,6 @@ their real checksums, and without models (exit 2, the missing files and the exac
 from __future__ import annotations
 
 import csv
-import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -19,7 +17,7 @@ from PIL import Image
 
 from salient_background import cli
 from salient_background.models.model_files import model_registry
-from sb_testkit.local_http import LocalFileServer
+from sb_testkit.local_hub import local_hub as serve_registry, tiny_stand_in
 from sb_testkit.sam import cached_checkpoint
 from sb_testkit.sd_single_file import comfyui_models_dir
 
@@ -27,21 +25,6 @@ SMALL = ["--size", "64", "--steps", "2", "--device", "cpu", "--no-progress", "--
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _tiny_source(entry, tiny, single_file, inspyrenet_path) -> str:
-    """The tiny stand-in of a registry row of the demo's selection."""
-    if entry.key == "sd2_inpainting":
-        return single_file
-    if entry.folder == "diffusers":
-        return os.path.join(tiny.si2_dir, *entry.filename.split("/")[1:])
-    if entry.key.startswith("controlnet"):
-        return os.path.join(tiny.controlnet_dir, entry.basename)
-    if entry.key.startswith("inspyrenet"):
-        return inspyrenet_path
-    if entry.key == "sam_vit_b":
-        return cached_checkpoint("tiny")
-    raise AssertionError(f"no tiny stand-in for {entry.key}")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +40,7 @@ def tiny_models_dir(tiny_sd, tiny_single_file, inspyrenet_fast_checkpoint, tmp_p
     for entry in model_registry.select(["demo"]):
         target = models / model_registry.FOLDER_DEFAULT_SUBDIRS[entry.folder] / entry.filename
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(_tiny_source(entry, tiny_sd, tiny_single_file, inspyrenet_fast_checkpoint), target)
+        shutil.copyfile(tiny_stand_in(entry, tiny_sd, inspyrenet_fast_checkpoint, tiny_single_file), target)
     return str(models)
 
 
@@ -119,18 +102,8 @@ def test_overrides_replace_missing_files(tiny_sd, tmp_path, capsys):  # noqa: F8
 def test_download_fetches_the_missing_models_then_runs(tiny_sd, tiny_single_file, inspyrenet_fast_checkpoint,  # noqa: F811
                                                         tmp_path, monkeypatch, capsys):
     wanted = {m.key for m in model_registry.select(["demo"])}
-    with LocalFileServer(lifetime=120) as server:
-        rows = []
-        for m in model_registry.MODEL_FILES:
-            if m.key in wanted:
-                with open(_tiny_source(m, tiny_sd, tiny_single_file, inspyrenet_fast_checkpoint), "rb") as fh:
-                    data = fh.read()
-                server.files[f"/{m.key}"] = data
-                m = dataclasses.replace(m, urls=(server.url(f"/{m.key}"),), size=len(data), md5=None,
-                                        sha256=hashlib.sha256(data).hexdigest())
-            rows.append(m)
-        monkeypatch.setattr(model_registry, "MODEL_FILES", tuple(rows))
-        monkeypatch.setattr(model_registry, "BY_KEY", {m.key: m for m in rows})
+    stand_in = lambda m: tiny_stand_in(m, tiny_sd, inspyrenet_fast_checkpoint, tiny_single_file)  # noqa: E731
+    with serve_registry("demo", monkeypatch, stand_in) as server:
         out = tmp_path / "demo"
         code = cli.main(["demo", "--download", "--models-dir", str(tmp_path / "models"), "--output-dir", str(out)]
                         + SMALL)

@@ -8,8 +8,6 @@ download step with the manual alternative and no traceback.
 from __future__ import annotations
 
 import csv
-import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -21,8 +19,7 @@ from PIL import Image
 
 from salient_background import cli
 from salient_background.models.model_files import model_registry
-from sb_testkit.local_http import LocalFileServer
-from sb_testkit.sam import cached_checkpoint
+from sb_testkit.local_hub import local_hub as serve_registry, tiny_stand_in
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = "workflows/inputs/example_product.png"
@@ -52,34 +49,11 @@ def test_readme_main_job_is_download_generate_evaluate_on_the_shipped_example():
         assert im.size == (512, 512) and os.path.getsize(os.path.join(REPO_ROOT, EXAMPLE)) < 100_000
 
 
-def _tiny_source(entry, tiny, inspyrenet_path) -> str:
-    if entry.folder == "diffusers":
-        return os.path.join(tiny.si2_dir, *entry.filename.split("/")[1:])
-    if entry.key.startswith("controlnet"):
-        return os.path.join(tiny.controlnet_dir, entry.basename)
-    if entry.key.startswith("inspyrenet"):
-        return inspyrenet_path
-    if entry.key == "sam_vit_b":
-        return cached_checkpoint("tiny")
-    raise AssertionError(f"no tiny stand-in for {entry.key}")
-
-
 @pytest.fixture
 def local_hub(tiny_sd, inspyrenet_fast_checkpoint, monkeypatch):  # noqa: F811
     """Registry rows of the 'generate' selection served from 127.0.0.1 with the tiny files' real checksums."""
-    wanted = {m.key for m in model_registry.select(["generate"])}
-    with LocalFileServer(lifetime=120) as server:
-        rows = []
-        for m in model_registry.MODEL_FILES:
-            if m.key in wanted:
-                with open(_tiny_source(m, tiny_sd, inspyrenet_fast_checkpoint), "rb") as fh:
-                    data = fh.read()
-                server.files[f"/{m.key}"] = data
-                m = dataclasses.replace(m, urls=(server.url(f"/{m.key}"),), size=len(data), md5=None,
-                                        sha256=hashlib.sha256(data).hexdigest())
-            rows.append(m)
-        monkeypatch.setattr(model_registry, "MODEL_FILES", tuple(rows))
-        monkeypatch.setattr(model_registry, "BY_KEY", {m.key: m for m in rows})
+    with serve_registry("generate", monkeypatch,
+                        lambda m: tiny_stand_in(m, tiny_sd, inspyrenet_fast_checkpoint)) as server:
         yield server
 
 

@@ -14,6 +14,7 @@ import json
 import os
 from typing import Iterable
 
+from ..errors import InputError
 from .atomic import write_json_atomically
 
 RECORDS_FOLDER = ".records"
@@ -86,3 +87,16 @@ class Journal:
                         os.remove(os.path.join(self.progress_folder, name))
                     except FileNotFoundError:
                         pass
+
+
+def read_merged_manifest(path: str) -> dict:
+    """The merged manifest a finished run left at ``path`` ({} when there is none or it holds no object); an
+    unreadable one is an :class:`InputError` that says how to go on."""
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read {path!r} ({exc}): remove that file, or choose another --output-dir") from exc
+    return data if isinstance(data, dict) else {}
