@@ -18,6 +18,7 @@ from PIL import Image
 
 from sb_testkit.diffusers_models import CONTROLNET_CONDITIONING_CHANNELS, TINY_IMAGE_SIZE
 from sb_testkit.images import disk_mask, textured_image
+from sb_testkit.training_runs import train_in_process
 
 from salient_background.models.errors import InputError
 from salient_background.training import data as tdata
@@ -228,14 +229,6 @@ def test_sampler_shards_and_resumes():
 
 
 # ------------------------------------------------------------------------------------------------ trainer
-def _reset_accelerate():
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-
-
 def _config(tiny, data, out, **kw):
     from salient_background.training.train import TrainConfig
 
@@ -244,16 +237,6 @@ def _config(tiny, data, out, **kw):
                 checkpointing_steps=0, report_to="none", log_every=1000, seed=0)
     base.update(kw)
     return TrainConfig(**base)
-
-
-def _train(cfg):
-    from salient_background.training.train import train
-
-    _reset_accelerate()
-    try:
-        return train(cfg)
-    finally:
-        _reset_accelerate()
 
 
 def _fixed_batch_loss(tiny, data, controlnet, n=4):
@@ -299,9 +282,9 @@ def test_zero_initialised_controlnet_leaves_si2_unchanged(tiny_sd, dataset_dir):
 
 
 def test_loss_falls_below_half_while_frozen_control_does_not(tiny_sd, dataset_dir, tmp_path):
-    trained = _train(_config(tiny_sd, dataset_dir, tmp_path / "run", learning_rate=1e-2, max_train_steps=45,
+    trained = train_in_process(_config(tiny_sd, dataset_dir, tmp_path / "run", learning_rate=1e-2, max_train_steps=45,
                              batch_size=2, lr_scheduler="constant_with_warmup", lr_warmup_steps=3))
-    frozen = _train(_config(tiny_sd, dataset_dir, tmp_path / "frozen", learning_rate=0.0, max_train_steps=2))
+    frozen = train_in_process(_config(tiny_sd, dataset_dir, tmp_path / "frozen", learning_rate=0.0, max_train_steps=2))
     start = _fixed_batch_loss(tiny_sd, dataset_dir, frozen.controlnet)
     end = _fixed_batch_loss(tiny_sd, dataset_dir, trained.controlnet)
     print(f"fixed-set loss: start {start:.4f}, after 45 steps {end:.4f}")
@@ -315,13 +298,13 @@ def test_loss_falls_below_half_while_frozen_control_does_not(tiny_sd, dataset_di
 def test_resume_is_bitwise_identical(tiny_sd, dataset_dir, tmp_path):
     kw = dict(max_train_steps=5, gradient_accumulation_steps=2, batch_size=2, checkpointing_steps=2,
               checkpoints_total_limit=2, lr_scheduler="cosine", lr_warmup_steps=2, ema_decay=0.9, learning_rate=5e-4)
-    full = _train(_config(tiny_sd, dataset_dir, tmp_path / "full", **kw))
-    part = _train(_config(tiny_sd, dataset_dir, tmp_path / "split", stop_after_steps=3, **kw))
+    full = train_in_process(_config(tiny_sd, dataset_dir, tmp_path / "full", **kw))
+    part = train_in_process(_config(tiny_sd, dataset_dir, tmp_path / "split", stop_after_steps=3, **kw))
     assert part.global_step == 3 and part.export_dir is None
     from salient_background.training.train import list_checkpoints
 
     assert [os.path.basename(c) for c in list_checkpoints(str(tmp_path / "split"))] == ["checkpoint-2", "checkpoint-3"]
-    resumed = _train(_config(tiny_sd, dataset_dir, tmp_path / "split", resume_from="latest", **kw))
+    resumed = train_in_process(_config(tiny_sd, dataset_dir, tmp_path / "split", resume_from="latest", **kw))
     assert resumed.global_step == 5
     assert [s for s, _ in resumed.losses] == [4, 5]
     assert [l for _, l in full.losses[3:]] == [l for _, l in resumed.losses]
@@ -338,7 +321,7 @@ def test_export_loads_through_the_loader_and_reproduces_residuals(tiny_sd, datas
     from salient_background.models.generation.pipeline import load_controlnet, load_si2_components
     from salient_background.training.export import export_checkpoint
 
-    result = _train(_config(tiny_sd, dataset_dir, tmp_path / "run", max_train_steps=2, checkpointing_steps=2,
+    result = train_in_process(_config(tiny_sd, dataset_dir, tmp_path / "run", max_train_steps=2, checkpointing_steps=2,
                             learning_rate=1e-2))
     trained = result.controlnet.eval()
     exported = export_checkpoint(str(tmp_path / "run"), str(tmp_path / "export"))
@@ -362,7 +345,7 @@ def test_export_loads_through_the_loader_and_reproduces_residuals(tiny_sd, datas
 
 
 def test_validation_images_si2_and_controlnet_side_by_side(tiny_sd, dataset_dir, tmp_path):
-    result = _train(_config(tiny_sd, dataset_dir, tmp_path / "run", max_train_steps=2, validation_steps=2,
+    result = train_in_process(_config(tiny_sd, dataset_dir, tmp_path / "run", max_train_steps=2, validation_steps=2,
                             validation_rows=2, validation_inference_steps=2, learning_rate=1e-2))
     path = tmp_path / "run" / "validation" / "step-000002.png"
     grid = np.asarray(Image.open(path)).astype(np.float32) / 255
@@ -389,7 +372,7 @@ def test_two_processes_equal_one_process_on_the_combined_batch(tiny_sd, dataset_
                           "--batch-size", "1", "--output-dir", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
-    _train(_config(tiny_sd, dataset_dir, tmp_path / "one", batch_size=2, max_train_steps=3, learning_rate=1e-3,
+    train_in_process(_config(tiny_sd, dataset_dir, tmp_path / "one", batch_size=2, max_train_steps=3, learning_rate=1e-3,
                    record_samples=True))
     seen = {r: [json.loads(line) for line in open(tmp_path / "two" / f"samples-rank{r}.jsonl")] for r in (0, 1)}
     single = [json.loads(line) for line in open(tmp_path / "one" / "samples-rank0.jsonl")]
@@ -409,8 +392,8 @@ def test_two_processes_equal_one_process_on_the_combined_batch(tiny_sd, dataset_
 
 def test_text_embedding_cache_trains_the_same_model(tiny_sd, dataset_dir, tmp_path):
     kw = dict(max_train_steps=2, learning_rate=1e-3)
-    plain = _train(_config(tiny_sd, dataset_dir, tmp_path / "plain", text_embedding_cache=False, **kw))
-    cached = _train(_config(tiny_sd, dataset_dir, tmp_path / "cached", **kw))  # the default
+    plain = train_in_process(_config(tiny_sd, dataset_dir, tmp_path / "plain", text_embedding_cache=False, **kw))
+    cached = train_in_process(_config(tiny_sd, dataset_dir, tmp_path / "cached", **kw))  # the default
     a, b = plain.controlnet.state_dict(), cached.controlnet.state_dict()
     assert [l for _, l in plain.losses] == pytest.approx([l for _, l in cached.losses], rel=1e-5)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
@@ -434,8 +417,8 @@ def test_optimizer_in_backward_trains_the_same_weights(tiny_sd, dataset_dir, tmp
     """--optimizer-in-backward: the gradients are used as they come and freed; with the clip active (a tiny
     max_grad_norm) and with gradient checkpointing the weights end as the normal path's."""
     kw = dict(max_train_steps=3, learning_rate=1e-3, max_grad_norm=1e-3, gradient_checkpointing=checkpointing)
-    normal = _train(_config(tiny_sd, dataset_dir, tmp_path / "normal", **kw))
-    fused = _train(_config(tiny_sd, dataset_dir, tmp_path / "fused", optimizer_in_backward=True, **kw))
+    normal = train_in_process(_config(tiny_sd, dataset_dir, tmp_path / "normal", **kw))
+    fused = train_in_process(_config(tiny_sd, dataset_dir, tmp_path / "fused", optimizer_in_backward=True, **kw))
     a, b = normal.controlnet.state_dict(), fused.controlnet.state_dict()
     moved = max(float(a[k].abs().max()) for k in a if k.startswith("controlnet_down_blocks"))
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)
@@ -491,7 +474,7 @@ def test_train_command_line_memory_switches():
 
 def test_optimizer_in_backward_refuses_accumulation(tiny_sd, dataset_dir, tmp_path):
     with pytest.raises(InputError, match="optimizer-in-backward cannot be combined with gradient accumulation"):
-        _train(_config(tiny_sd, dataset_dir, tmp_path / "run", max_train_steps=1, optimizer_in_backward=True,
+        train_in_process(_config(tiny_sd, dataset_dir, tmp_path / "run", max_train_steps=1, optimizer_in_backward=True,
                        gradient_accumulation_steps=2))
 
 
@@ -504,7 +487,7 @@ def test_latent_cache_holds_the_vae_posteriors_and_resumes(tiny_sd, dataset_dir,
 
     kw = dict(max_train_steps=3, latent_cache=True, latent_cache_crops=2, text_embedding_cache=True, learning_rate=1e-3,
               checkpointing_steps=3)
-    first = _train(_config(tiny_sd, dataset_dir, tmp_path / "run", stop_after_steps=1, **kw))
+    first = train_in_process(_config(tiny_sd, dataset_dir, tmp_path / "run", stop_after_steps=1, **kw))
     cache = tmp_path / "run" / "latent_cache"
     files = sorted(p.name for p in cache.glob("*.safetensors"))
     assert len(files) == 8 and first.global_step == 1
@@ -521,9 +504,9 @@ def test_latent_cache_holds_the_vae_posteriors_and_resumes(tiny_sd, dataset_dir,
     assert torch.allclose(cached["masked_std"][1], masked.std[0], atol=1e-6)
     # resume: the cache is reused (not rebuilt) and the run ends as an uninterrupted one
     stamp = os.path.getmtime(cache / files[0])
-    resumed = _train(_config(tiny_sd, dataset_dir, tmp_path / "run", resume_from="latest", **kw))
+    resumed = train_in_process(_config(tiny_sd, dataset_dir, tmp_path / "run", resume_from="latest", **kw))
     assert os.path.getmtime(cache / files[0]) == stamp
-    full = _train(_config(tiny_sd, dataset_dir, tmp_path / "full", **kw))
+    full = train_in_process(_config(tiny_sd, dataset_dir, tmp_path / "full", **kw))
     a, b = full.controlnet.state_dict(), resumed.controlnet.state_dict()
     assert resumed.global_step == 3 and all(torch.equal(a[k], b[k]) for k in a)
 

@@ -17,6 +17,7 @@ import torch
 
 from sb_testkit.bases import SDXL_TE2_WIDTH, tiny_base_folder
 from sb_testkit.diffusers_models import TINY_IMAGE_SIZE
+from sb_testkit.training_runs import train_in_process
 from test_training import RedSegmenter, make_photo_folder
 
 from salient_background.models.errors import InputError
@@ -40,14 +41,6 @@ def dataset_dir(tmp_path_factory):
     return str(root / "dataset")
 
 
-def _reset_accelerate():
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-
-
 def _config(model, data, out, **kw):
     from salient_background.training.train import TrainConfig
 
@@ -58,22 +51,12 @@ def _config(model, data, out, **kw):
     return TrainConfig(**settings)
 
 
-def _train(cfg):
-    from salient_background.training.train import train
-
-    _reset_accelerate()
-    try:
-        return train(cfg)
-    finally:
-        _reset_accelerate()
-
-
 # ------------------------------------------------------------------------------------------------ the base
 def test_the_base_is_read_from_the_folder_and_a_wrong_one_is_refused(dataset_dir, tmp_path):
     for name in BASES:
         assert base_for_pretrained_folder(tiny_base_folder(name)).name == name
     with pytest.raises(InputError, match="--base sdxl-inpainting was given, but .* Stable Diffusion 1.5 inpainting"):
-        _train(_config("sd15-inpainting", dataset_dir, tmp_path / "run", base="sdxl-inpainting", max_train_steps=1))
+        train_in_process(_config("sd15-inpainting", dataset_dir, tmp_path / "run", base="sdxl-inpainting", max_train_steps=1))
     assert not os.path.exists(tmp_path / "run")  # refused before anything was written
     # model_index.json and unet/config.json must agree
     folder = tmp_path / "mixed"
@@ -93,12 +76,12 @@ def test_the_base_is_read_from_the_folder_and_a_wrong_one_is_refused(dataset_dir
 
 def test_resuming_with_another_base_and_fine_tuning_another_bases_controlnet_are_refused(tiny_sd, dataset_dir,
                                                                                           tmp_path):
-    _train(_config("sd15-inpainting", dataset_dir, tmp_path / "run", max_train_steps=2, stop_after_steps=1))
+    train_in_process(_config("sd15-inpainting", dataset_dir, tmp_path / "run", max_train_steps=2, stop_after_steps=1))
     with pytest.raises(InputError, match="holds a run for sd15-inpainting, but the base model is sdxl-inpainting"):
-        _train(_config("sdxl-inpainting", dataset_dir, tmp_path / "run", max_train_steps=2, resume_from="latest"))
+        train_in_process(_config("sdxl-inpainting", dataset_dir, tmp_path / "run", max_train_steps=2, resume_from="latest"))
     with pytest.raises(InputError, match="is for Stable Diffusion 2 inpainting, but the base model is Stable "
                                          "Diffusion 1.5 inpainting"):
-        _train(_config("sd15-inpainting", dataset_dir, tmp_path / "ft", max_train_steps=1,
+        train_in_process(_config("sd15-inpainting", dataset_dir, tmp_path / "ft", max_train_steps=1,
                        controlnet=tiny_sd.controlnet_dir))
 
 
@@ -200,10 +183,10 @@ def test_train_resume_export_load_and_denoise(base, dataset_dir, tmp_path):
     from salient_background.training.export import export_checkpoint
 
     kw = dict(max_train_steps=3, checkpointing_steps=3, ema_decay=0.9, latent_cache=True, latent_cache_crops=2)
-    full = _train(_config(base, dataset_dir, tmp_path / "full", **kw))
-    part = _train(_config(base, dataset_dir, tmp_path / "split", stop_after_steps=1, **kw))
+    full = train_in_process(_config(base, dataset_dir, tmp_path / "full", **kw))
+    part = train_in_process(_config(base, dataset_dir, tmp_path / "split", stop_after_steps=1, **kw))
     assert part.global_step == 1 and part.export_dir is None
-    resumed = _train(_config(base, dataset_dir, tmp_path / "split", resume_from="latest", **kw))
+    resumed = train_in_process(_config(base, dataset_dir, tmp_path / "split", resume_from="latest", **kw))
     assert [s for s, _ in resumed.losses] == [2, 3] and [l for _, l in full.losses[1:]] == [l for _, l in resumed.losses]
     a, b = full.controlnet.state_dict(), resumed.controlnet.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -240,7 +223,7 @@ def test_sdxl_controlnet_uses_the_added_conditioning_and_the_loader_names_its_ba
     from salient_background.models.errors import CheckpointError
     from salient_background.models.networks.controlnet_checkpoint import load_controlnet_state_dict
 
-    result = _train(_config("sdxl-inpainting", dataset_dir, tmp_path / "run", max_train_steps=2,
+    result = train_in_process(_config("sdxl-inpainting", dataset_dir, tmp_path / "run", max_train_steps=2,
                             text_embedding_cache=False, learning_rate=1e-2))
     controlnet = result.controlnet.eval()
     gen = torch.Generator().manual_seed(1)
@@ -338,7 +321,7 @@ def test_the_trainer_refuses_an_unbuildable_controlnet_before_reading_weights(da
     json.dump(full_size_configs("sd15-inpainting")["unet"], open(folder / "unet" / "config.json", "w"))
     cfg = _config("sd15-inpainting", dataset_dir, tmp_path / "run", base_model=str(folder), max_train_steps=1)
     with pytest.raises(InputError, match="hint encoder is fixed at \\[16, 32, 96, 256\\]"):
-        _train(cfg)
+        train_in_process(cfg)
 
 
 # ------------------------------------------------------------------------------------------------ distributed
@@ -356,7 +339,7 @@ def test_sdxl_two_processes_equal_one_process(dataset_dir, tmp_path):
                           "--batch-size", "1", "--output-dir", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
-    _train(_config("sdxl-inpainting", dataset_dir, tmp_path / "one", max_train_steps=2, record_samples=True))
+    train_in_process(_config("sdxl-inpainting", dataset_dir, tmp_path / "one", max_train_steps=2, record_samples=True))
     seen = {r: [json.loads(line) for line in open(tmp_path / "two" / f"samples-rank{r}.jsonl")] for r in (0, 1)}
     single = [json.loads(line) for line in open(tmp_path / "one" / "samples-rank0.jsonl")]
     for a, b, c in zip(seen[0], seen[1], single):
@@ -373,8 +356,8 @@ def test_sdxl_two_processes_equal_one_process(dataset_dir, tmp_path):
                                       dict(text_embedding_cache=False)])
 def test_low_memory_switches_train_the_same_sdxl_weights(switches, dataset_dir, tmp_path):
     kw = dict(max_train_steps=2, learning_rate=1e-3, max_grad_norm=1e-3)
-    plain = _train(_config("sdxl-inpainting", dataset_dir, tmp_path / "plain", **kw))
-    lean = _train(_config("sdxl-inpainting", dataset_dir, tmp_path / "lean", **switches, **kw))
+    plain = train_in_process(_config("sdxl-inpainting", dataset_dir, tmp_path / "plain", **kw))
+    lean = train_in_process(_config("sdxl-inpainting", dataset_dir, tmp_path / "lean", **switches, **kw))
     a, b = plain.controlnet.state_dict(), lean.controlnet.state_dict()
     if "text_embedding_cache" in switches:  # the encoders see other batch sizes: equal up to float rounding
         assert [l for _, l in plain.losses] == pytest.approx([l for _, l in lean.losses], rel=1e-5)
@@ -386,7 +369,7 @@ def test_low_memory_switches_train_the_same_sdxl_weights(switches, dataset_dir, 
 
 @pytest.mark.parametrize("base", ["sd15-inpainting", "sdxl-inpainting"])
 def test_validation_images_for_every_base(base, dataset_dir, tmp_path):
-    result = _train(_config(base, dataset_dir, tmp_path / "run", max_train_steps=1, validation_steps=1,
+    result = train_in_process(_config(base, dataset_dir, tmp_path / "run", max_train_steps=1, validation_steps=1,
                             validation_rows=1, validation_inference_steps=1, learning_rate=1e-2))
     path = tmp_path / "run" / "validation" / "step-000001.png"
     assert result.global_step == 1 and path.is_file()

@@ -35,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TESTS = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from make_full_size_models import SD2_UNET, SD_VAE, random_tensor  # noqa: E402
+from make_full_size_models import SD2_UNET, SD_VAE, random_tensor, start  # noqa: E402
 
 SD15_UNET = dict(SD2_UNET, use_linear_in_transformer=False, context_dim=768, num_heads=8, num_head_channels=-1)
 VEGA_UNET = dict(
@@ -119,17 +119,9 @@ def write_controlnet(kind: str, out: str):
 
 
 def main() -> None:
-    comfy_path, out = sys.argv[1], os.path.abspath(sys.argv[2])
-    os.makedirs(out, exist_ok=True)
-    stamp = os.path.join(out, "DONE")
-    if os.path.isfile(stamp) and open(stamp).read().strip() == VERSION:
-        print(json.dumps({"cached": out}))
+    out = start(VERSION)
+    if out is None:
         return
-    sys.path.insert(0, comfy_path)
-    sys.path.insert(0, TESTS)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
     import torch
 
     import conftest  # noqa: F401  (registers the pack as salient_background)
@@ -139,7 +131,7 @@ def main() -> None:
     for kind in CHECKPOINTS:
         report[f"{kind}_checkpoint_params"] = write_checkpoint(kind, out, gen)
         report[f"{kind}_controlnet_params"] = write_controlnet(kind, out)
-    with open(stamp, "w") as fh:
+    with open(os.path.join(out, "DONE"), "w") as fh:
         fh.write(VERSION)
     print(json.dumps(report))
 

@@ -50,18 +50,27 @@ def random_tensor(name: str, shape, gen, std: float = 0.02):
     return ((1.0 + noise) if is_scale else noise).to(torch.float16)
 
 
-def main() -> None:
+def start(version: str):
+    """The output folder from the command line, or None when it already holds this version's files; otherwise
+    ComfyUI (CPU) and the tests folder are made importable."""
     comfy_path, out = sys.argv[1], os.path.abspath(sys.argv[2])
     os.makedirs(out, exist_ok=True)
     stamp = os.path.join(out, "DONE")
-    if os.path.isfile(stamp) and open(stamp).read().strip() == VERSION:
+    if os.path.isfile(stamp) and open(stamp).read().strip() == version:
         print(json.dumps({"cached": out}))
-        return
+        return None
     sys.path.insert(0, comfy_path)
     sys.path.insert(0, TESTS)
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
+    return out
+
+
+def main() -> None:
+    out = start(VERSION)
+    if out is None:
+        return
     import torch
     from safetensors.torch import save_file
 
@@ -112,7 +121,7 @@ def main() -> None:
     torch.save(sd, os.path.join(out, "controlnet_plain.pth"))
     torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}, "epoch": 12},
                os.path.join(out, "controlnet_inpainting_salient_aware.pth"))
-    with open(stamp, "w") as fh:
+    with open(os.path.join(out, "DONE"), "w") as fh:
         fh.write(VERSION)
     print(json.dumps({"written": out, "checkpoint_params": n_params,
                       "controlnet_params": sum(v.numel() for v in sd.values())}))
