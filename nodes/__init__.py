@@ -8,7 +8,7 @@ import importlib
 CATEGORY = "Salient Background"
 
 # submodules of salient_background.nodes that define nodes
-NODE_MODULES = ["salient_nodes", "mask_nodes", "sam_nodes", "controlnet_nodes"]
+NODE_MODULES = ["salient_nodes", "mask_nodes", "sam_nodes", "controlnet_nodes", "gate_nodes"]
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
