@@ -1,7 +1,7 @@
 """The comparison table: per block (dataset, category), one row per run, one column per metric, and the paired
 statistics of every run against the baseline; written as ``table.md``, ``table.csv`` and ``table.json``.
 
-Numbers are rounded to 6 significant digits in every file (4 decimals in the Markdown), so the files do not depend
+Numbers are rounded to 6 significant digits in every file (3 decimals in the Markdown), so the files do not depend
 on the last bits of a float sum (a run over one process and over two gives the same bytes).
 """
 from __future__ import annotations
@@ -172,7 +172,7 @@ def build_table(runs: Sequence[RunMeasurements], block_ids: dict, set_metrics: S
 
 
 # ---------------------------------------------------------------------------------------------- rendering
-def _fmt(x, scale: float = 1.0, digits: int = 4) -> str:
+def _fmt(x, scale: float = 1.0, digits: int = 3) -> str:
     return "–" if x is None else f"{x * scale:.{digits}f}"
 
 
