@@ -22,6 +22,7 @@ FOLDER_DEFAULT_SUBDIRS = {
     "salient": "salient",
     "sams": "sams",
     "diffusers": "diffusers",  # ComfyUI core folder; holds the SD2-inpainting diffusers folder the command line uses
+    "metrics": "metrics",  # the image-quality metrics' models (evaluate's table); the command line reads it
 }
 
 # Model folders a node registers that hold only the user's own files (nothing published to download), with the
@@ -107,11 +108,12 @@ _TOKENIZER_FILES = ("merges.txt", "vocab.json", "special_tokens_map.json", "toke
 
 
 def _diffusers_folder_rows(prefix: str, subdir: str, url: str, files: dict, *, title: str, licence: str,
-                           group: str, notes: str) -> tuple:
-    """One unverified row per file of a diffusers model folder (``files``: path in the folder -> rounded size)."""
+                           group: str, notes: str, folder: str = "diffusers", kind: str = "diffusers folder") -> tuple:
+    """One unverified row per file of a diffusers model folder (``files``: path in the folder -> rounded size);
+    ``folder`` / ``kind`` for another model folder (a transformers ``save_pretrained`` folder)."""
     return tuple(
         ModelFile(key=f"{prefix}_{path.replace('/', '_').replace('.', '_')}", filename=f"{subdir}/{path}",
-                  folder="diffusers", title=f"{title}, diffusers folder: {path}", urls=(f"{url}/{path}",),
+                  folder=folder, title=f"{title}, {kind}: {path}", urls=(f"{url}/{path}",),
                   revision=None, size=None, sha256=None, md5=None, licence=licence, approx_size=approx, group=group,
                   notes=notes)
         for path, approx in files.items()
@@ -162,6 +164,60 @@ _SDXL_ROWS = _diffusers_folder_rows(
 )
 
 _SAM = "https://dl.fbaipublicfiles.com/segment_anything"
+
+# The image-quality metrics' models (models/scoring/metrics/, docs/metrics.md), in models/metrics. No public page
+# read when these rows were written states a full checksum or exact size of any of them, so every one is unverified;
+# the two .pth names carry the first 8 hex digits of the file's sha256 (torch.hub's naming), which torch.hub checks
+# but the downloader does not. The Hugging Face folders follow the repos' main branch (no revision could be read).
+_METRIC_ROWS = (
+    # pytorch-fid's GitHub release "fid_weights": Inception-v3 converted from TensorFlow's inception-2015-12-05, the
+    # network of the original FID code; torch-fidelity and torchmetrics read this layout.
+    ModelFile(
+        key="metrics_inception",
+        filename="pt_inception-2015-12-05-6726825d.pth",
+        folder="metrics",
+        title="Inception-v3, FID weights (FID and KID)",
+        urls=("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+              "pt_inception-2015-12-05-6726825d.pth",),
+        revision="fid_weights",
+        size=None,
+        sha256=None,
+        md5=None,
+        licence="Apache-2.0",
+        approx_size="",
+        group="metrics_inception",
+        notes="mseitzer/pytorch-fid release asset; converted from TensorFlow's Inception (Apache-2.0)",
+    ),
+    # torchvision's AlexNet_Weights.IMAGENET1K_V1 (torchvision/models/alexnet.py gives the URL and "_file_size":
+    # 233.087 MB); lpips' own linear heads ship inside the lpips package.
+    ModelFile(
+        key="metrics_lpips_alexnet",
+        filename="alexnet-owt-7be5be79.pth",
+        folder="metrics",
+        title="AlexNet (torchvision, ImageNet), the LPIPS backbone",
+        urls=("https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",),
+        revision=None,
+        size=None,
+        sha256=None,
+        md5=None,
+        licence="BSD-3-Clause (torchvision); trained on ImageNet, whose terms may apply",
+        approx_size="233 MB",
+        group="metrics_lpips_alexnet",
+        notes="torchvision AlexNet_Weights.IMAGENET1K_V1",
+    ),
+) + _diffusers_folder_rows(
+    "metrics_clip", "clip-vit-large-patch14", "https://huggingface.co/openai/clip-vit-large-patch14/resolve/main",
+    {"config.json": "", "model.safetensors": "", "preprocessor_config.json": "", "tokenizer.json": "",
+     "tokenizer_config.json": "", "vocab.json": "", "merges.txt": "", "special_tokens_map.json": ""},
+    title="CLIP ViT-L/14 (CLIP score)", licence="MIT (OpenAI CLIP); see the model card's intended uses",
+    group="metrics_clip", notes="openai/clip-vit-large-patch14, torchmetrics' default CLIP-score model",
+    folder="metrics", kind="transformers folder",
+) + _diffusers_folder_rows(
+    "metrics_dinov2", "dinov2-base", "https://huggingface.co/facebook/dinov2-base/resolve/main",
+    {"config.json": "", "model.safetensors": "", "preprocessor_config.json": ""},
+    title="DINOv2 ViT-B/14 (object similarity)", licence="Apache-2.0", group="metrics_dinov2",
+    notes="facebook/dinov2-base", folder="metrics", kind="transformers folder",
+)
 
 MODEL_FILES: tuple[ModelFile, ...] = (
     # sha256: Hugging Face file page stabilityai/stable-diffusion-2-inpainting/blob/f9a3bba2.../512-inpainting-ema
@@ -499,7 +555,7 @@ MODEL_FILES: tuple[ModelFile, ...] = (
             "https://huggingface.co/andzhang01/segment_anything/commit/d579a94be8a2b17e806578b86bb02bcd82ab66a6",
         ),
     ),
-) + _SD15_ROWS + _SDXL_ROWS
+) + _SD15_ROWS + _SDXL_ROWS + _METRIC_ROWS
 
 BY_KEY: dict[str, ModelFile] = {m.key: m for m in MODEL_FILES}
 
@@ -524,6 +580,9 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "sd2_diffusers": GROUPS["si2_diffusers"],
     "sd15": GROUPS["sd15_inpainting"],
     "sdxl": GROUPS["sdxl_diffusers"],
+    # every image-quality metric's model (evaluate's table)
+    "metrics": GROUPS["metrics_inception"] + GROUPS["metrics_lpips_alexnet"] + GROUPS["metrics_clip"]
+    + GROUPS["metrics_dinov2"],
     # the small files of the diffusers folder (~1.6 MB) that let the command line read the single-file checkpoint
     "sd2_configs": SI2_CONFIG_KEYS,
     # what each job needs
@@ -669,7 +728,7 @@ def render_markdown_table() -> str:
             total = sum(f.expected_bytes() or 0 for f in files)
             weights_known = all(f.expected_bytes() is not None for f in files if f.filename.endswith(WEIGHT_FILE_SUFFIXES))
             size = f"~{human_size(total)}" if weights_known else "unknown"
-            title = m.title.split(",", 1)[0] + ", diffusers folder"
+            title = m.title.split(":", 1)[0]  # "<model>, diffusers folder" (or another kind of folder)
             url = m.urls[0].rsplit("/resolve/", 1)[0] + "/tree/" + (m.revision or "main")
             lines.append(
                 f"| {title} ({len(files)} files) | `{subdir}/` | `models/{FOLDER_DEFAULT_SUBDIRS[m.folder]}` | "
