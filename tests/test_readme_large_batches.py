@@ -1,0 +1,52 @@
+"""The README's "Large batches" claims about accelerate on a machine without a GPU, checked by running accelerate.
+
+The CPU command the README gives must start two processes that each see ``WORLD_SIZE=2`` (what
+``models/runs/ranks.py`` shares the work by), and the ``--cpu`` form it warns about must start only one.
+A tiny script stands in for ``-m salient_background ...``: it prints what the pack would read.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("accelerate")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+PRINT_RANK = "import os; print('rank', os.environ.get('RANK'), 'of', os.environ.get('WORLD_SIZE'), flush=True)\n"
+
+
+def _section() -> str:
+    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    return readme.split("<!-- section: large-batches -->", 1)[1].split("<!-- /section: large-batches -->", 1)[0]
+
+
+def _launch(launcher_args: list[str], tmp_path) -> list[str]:
+    """The lines the stand-in script printed under ``accelerate launch <launcher_args>`` (no accelerate config)."""
+    script = tmp_path / "print_rank.py"
+    script.write_text(PRINT_RANK)
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES and not k.startswith("ACCELERATE_")}
+    env.update(HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *launcher_args, str(script)],
+                            env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
+
+
+def test_the_readmes_cpu_command_shards_and_the_cpu_flag_does_not(tmp_path):
+    section = _section()
+    heading = section.index("**Several processes on one machine without a GPU**")
+    block = re.search(r"```bash\n(.*?)```", section[heading:], flags=re.S).group(1)
+    argv = shlex.split(next(line for line in block.splitlines() if line.startswith("accelerate launch")))
+    launcher_args = argv[2:argv.index("-m")]
+    assert launcher_args == ["--multi_gpu", "--num_processes", "2"]
+    assert _launch(launcher_args, tmp_path) == ["rank 0 of 2", "rank 1 of 2"]
+
+    # the form the README warns about: one process, which then does every photo
+    assert "`accelerate launch --cpu --num_processes 2 ...` does *not* share the work" in section
+    assert _launch(["--cpu", "--num_processes", "2"], tmp_path) == ["rank None of None"]
