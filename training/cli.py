@@ -99,6 +99,9 @@ _HELP = {
     "batch_size": "samples per process per micro-step (the reference: 4)",
     "mixed_precision": "no, fp16 or bf16 (frozen models are cast to it; the ControlNet trains in fp32)",
     "resume_from": "'latest' or a checkpoints/checkpoint-<step> folder",
+    "skip_bad_rows": "train on the manifest rows whose files are fine and list the others (missing, unreadable, mask "
+                     "of another size than its photo) in <output-dir>/skipped_rows.csv; without it such rows stop the "
+                     "run before any model is loaded",
     "mask_aug_prob": "probability of the SmartBrush-style mask-precision augmentation (0 = off, the reference)",
     "ema_decay": "EMA decay of the ControlNet weights (0 = off; e.g. 0.9999); exported weights are the EMA ones",
     "validation_steps": "validation images every N steps (0 = never)",
@@ -143,7 +146,7 @@ def _add_train(subparsers) -> None:
         elif f.name in ("max_train_steps", "checkpoints_total_limit", "stop_after_steps", "resolution", "resize_to"):
             p.add_argument(flag, type=int, default=default, help=help_text)
         elif f.name == "base":
-            from ..models.generation.bases import BASES
+            from ..models.bases import BASES
 
             p.add_argument(flag, choices=list(BASES), default=None, help=help_text)
         elif f.name == "num_train_epochs":

@@ -31,6 +31,9 @@ class TrainConfig:
     mask_aug_max_blur: float = 8.0
     mask_aug_max_pixels: int = 16
     num_workers: int = 0
+    # train on the rows whose files pass the check at the start and list the others in the run folder; without it a
+    # bad row stops the run before any model is loaded
+    skip_bad_rows: bool = False
     # optimisation
     batch_size: int = 4  # per process
     gradient_accumulation_steps: int = 1

@@ -37,6 +37,7 @@ import torch
 from ..models.errors import InputError
 from ..models.generation.inpaint_inputs import build_inpaint_inputs
 from ..models.generation.text_encoding import tokenize
+from .sources import load_rgb
 
 log = logging.getLogger("salient_background")
 
@@ -48,45 +49,102 @@ MASK_AUG_KINDS = ("blur", "dilate", "erode", "bbox")
 # ---------------------------------------------------------------------------------------------------------------
 # manifest
 # ---------------------------------------------------------------------------------------------------------------
-def read_manifest(path: str) -> list[dict]:
-    """Rows of a manifest (``.jsonl`` or ``.csv``) with ``image``/``mask`` made absolute (they are stored relative to
-    the manifest's folder). ``captions`` is always a list (CSV: one ``caption`` column, several joined by " ||| ",
-    or a ``captions`` column holding a JSON list)."""
+@dataclass
+class ManifestEntry:
+    """One row of a manifest as read: its line in the file, the row (``image``/``mask`` absolute, ``captions`` a list
+    of strings) or None with the reason it cannot be read."""
+
+    line: int
+    row: Optional[dict]
+    problem: str = ""
+
+
+def manifest_path(path: str) -> str:
+    """The manifest file ``path`` names (a dataset folder stands for its manifest.jsonl / manifest.csv)."""
     path = os.fspath(path)
     if os.path.isdir(path):
         for name in ("manifest.jsonl", "manifest.csv"):
             if os.path.isfile(os.path.join(path, name)):
-                path = os.path.join(path, name)
-                break
-        else:
-            raise InputError(f"{path!r} has no manifest.jsonl or manifest.csv; run `prepare` on your photos first")
+                return os.path.join(path, name)
+        raise InputError(f"{path!r} has no manifest.jsonl or manifest.csv; run `prepare` on your photos first")
     if not os.path.isfile(path):
         raise InputError(f"manifest not found: {path!r}; run `prepare` on your photos first")
-    root = os.path.dirname(os.path.abspath(path))
-    rows = []
+    return path
+
+
+def _raw_rows(path: str) -> Iterator[tuple[int, object]]:
+    """(line number, the row as decoded: a dict, or the exception that stopped its decoding) of a manifest file."""
     if path.lower().endswith(".csv"):
         with open(path, newline="", encoding="utf-8") as fh:
-            raw_rows = list(csv.DictReader(fh))
-    else:
-        with open(path, encoding="utf-8") as fh:
-            raw_rows = [json.loads(line) for line in fh if line.strip()]
-    for n, raw in enumerate(raw_rows):
-        if "image" not in raw or "mask" not in raw:
-            raise InputError(f"{path}: row {n + 1} has no 'image' or 'mask' entry (got {sorted(raw)})")
-        captions = raw.get("captions", raw.get("caption", []))
-        if isinstance(captions, str):
-            text = captions.strip()
-            if text.startswith("["):
-                captions = json.loads(text)
-            else:
-                captions = [c for c in text.split(CAPTION_SEPARATOR.strip()) if c.strip()] if text else []
-                captions = [c.strip() for c in captions]
-        row = dict(raw)
-        row["captions"] = list(captions or [])
-        row["image"] = os.path.normpath(os.path.join(root, raw["image"]))
-        row["mask"] = os.path.normpath(os.path.join(root, raw["mask"]))
-        rows.append(row)
-    return rows
+            reader = csv.DictReader(fh)
+            for raw in reader:
+                yield reader.line_num, raw
+        return
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    yield n, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield n, exc
+
+
+def _captions(raw: dict) -> list:
+    """A row's captions as a list (CSV: one ``caption`` column, several joined by " ||| ", or a JSON list)."""
+    captions = raw.get("captions", raw.get("caption", []))
+    if isinstance(captions, str):
+        text = captions.strip()
+        if text.startswith("["):
+            captions = json.loads(text)
+        else:
+            captions = [c.strip() for c in text.split(CAPTION_SEPARATOR.strip()) if c.strip()] if text else []
+    captions = list(captions or [])
+    if not all(isinstance(c, str) for c in captions):
+        raise ValueError(f"captions must be text, got {captions!r}")
+    return captions
+
+
+def _entry(line: int, raw, root: str) -> ManifestEntry:
+    if isinstance(raw, Exception):
+        return ManifestEntry(line, None, f"not a JSON object ({raw})")
+    if not isinstance(raw, dict):
+        return ManifestEntry(line, None, f"not a JSON object (got {type(raw).__name__})")
+    missing = [k for k in ("image", "mask") if not isinstance(raw.get(k), str) or not raw.get(k)]
+    if missing:
+        return ManifestEntry(line, None, f"no {' or '.join(repr(k) for k in missing)} path (got {sorted(raw)})")
+    try:
+        captions = _captions(raw)
+    except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+        return ManifestEntry(line, None, f"unreadable caption column: {exc}")
+    row = dict(raw)
+    row["captions"] = captions
+    row["image"] = os.path.normpath(os.path.join(root, raw["image"]))
+    row["mask"] = os.path.normpath(os.path.join(root, raw["mask"]))
+    return ManifestEntry(line, row)
+
+
+def parse_manifest(path: str) -> tuple[str, list[ManifestEntry]]:
+    """(the manifest file, every row of it as a :class:`ManifestEntry`): a row that cannot be read is kept, with
+    the reason, so that a check can list all of them at once."""
+    path = manifest_path(path)
+    root = os.path.dirname(os.path.abspath(path))
+    try:
+        return path, [_entry(line, raw, root) for line, raw in _raw_rows(path)]
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not a UTF-8 text file ({exc}); a manifest is JSON lines or CSV") from exc
+    except csv.Error as exc:
+        raise InputError(f"{path}: not a readable CSV file ({exc})") from exc
+
+
+def read_manifest(path: str) -> list[dict]:
+    """Rows of a manifest (``.jsonl`` or ``.csv``) with ``image``/``mask`` made absolute (they are stored relative to
+    the manifest's folder). ``captions`` is always a list (CSV: one ``caption`` column, several joined by " ||| ",
+    or a ``captions`` column holding a JSON list). A row that cannot be read is an error naming its line."""
+    path, entries = parse_manifest(path)
+    for e in entries:
+        if e.row is None:
+            raise InputError(f"{path}: line {e.line}: {e.problem}")
+    return [e.row for e in entries]
 
 
 def write_manifest(path: str, rows: Sequence[dict]) -> None:
@@ -207,11 +265,7 @@ class SalientTrainingDataset(torch.utils.data.Dataset):
         from PIL import Image
 
         cfg = self.config
-        row = self.rows[index]
-        with Image.open(row["image"]) as im:
-            image = im.convert("RGB")
-        with Image.open(row["mask"]) as im:
-            mask = im.convert("L")
+        image, mask = self.read_row(index)
         if mask.size != image.size:
             mask = mask.resize(image.size, Image.BILINEAR)
         original_w, original_h = image.size
@@ -228,6 +282,23 @@ class SalientTrainingDataset(torch.utils.data.Dataset):
         mask = torch.from_numpy(np.asarray(mask.crop((x, y, x + r, y + r)), dtype=np.float32) / 255.0)
         time_ids = torch.tensor([original_h, original_w, y, x, r, r], dtype=torch.float32)
         return image.permute(2, 0, 1).contiguous(), mask, time_ids
+
+    def read_row(self, index: int):
+        """(photo as RGB, upright as ``prepare`` saw it; mask as L) of row ``index``. A file that fails here passed
+        the header check at the start (:mod:`training.dataset_check`), so it changed since or its data is damaged."""
+        from PIL import Image
+
+        row = self.rows[index]
+        try:
+            image = load_rgb(row["image"])
+            with Image.open(row["mask"]) as im:
+                mask = im.convert("L")
+        except Exception as exc:  # noqa: BLE001 -- any decoder failure: name the row, not a traceback
+            raise InputError(f"cannot read the training photo {row['image']!r} or its mask {row['mask']!r} "
+                             f"({type(exc).__name__}: {exc}); the files were checked (headers) when "
+                             "training started, so they changed since or their data is damaged. Restore or fix them "
+                             "and rerun with --resume-from latest") from exc
+        return image, mask
 
     def caption(self, index: int, rng: Optional[np.random.Generator]) -> str:
         captions = [c for c in self.rows[index].get("captions", []) if c]

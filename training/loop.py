@@ -24,13 +24,14 @@ from typing import Any, Optional
 import torch
 
 from ..models.errors import InputError
-from ..models.generation.bases import DEFAULT_BASE, get_base
+from ..models.bases import DEFAULT_BASE, get_base
 from . import data as tdata
 from .base_models import (load_base_components, make_controlnet, precheck_new_controlnet, resolve_base,
                           scheduler_config, vae_dtype_for)
 from .caches import TextEmbeddingCache, as_list, build_latent_cache
 from .checkpoints import EMA, RUN_CONFIG, load_checkpoint, resolve_resume, save_checkpoint
 from .config import TrainConfig, run_metadata
+from .dataset_check import training_rows
 from .loss import training_loss
 from .low_memory import TwoPassClippedStep, limit_heap_fragmentation
 from .validation import Validator
@@ -398,7 +399,8 @@ def train(config: TrainConfig, *, accelerator=None) -> TrainResult:
     if accelerator is None:
         accelerator = _make_accelerator(config, report_to)
     _check_memory_switches(config, accelerator)
-    rows = tdata.read_manifest(config.data)
+    rows = training_rows(config, resuming=resolve_resume(config) is not None, world_size=accelerator.num_processes,
+                         is_main=accelerator.is_main_process)
     s = _start_session(config, accelerator, rows, report_to)
     sample_cfg, loader = _data(config, rows, s.models, accelerator, s.weight_dtype, s.global_step, s.stop_step)
     if config.validation_steps > 0:

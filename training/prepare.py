@@ -116,8 +116,8 @@ class _BatchProcessor:
                 if mi.size != im.size:
                     mi = mi.resize(im.size, Image.BILINEAR)
                 return torch.from_numpy(np.asarray(mi, dtype=np.float32) / 255.0)
-        except OSError as exc:
-            self.reject(e, "unreadable", f"mask {path}: {exc}")
+        except Exception as exc:  # noqa: BLE001 -- any decoder failure (also PIL's DecompressionBombError) is per photo
+            self.reject(e, "unreadable", f"mask {path}: {type(exc).__name__}: {exc}")
             return None
 
     def _check_and_save(self, e: Entry, im, m: torch.Tensor) -> Optional[list]:
