@@ -18,18 +18,16 @@ images are shared between the processes; the main process writes the table.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 from dataclasses import dataclass
 
-from ..models.errors import InputError, UserFacingError
+from ..models.errors import InputError
 from ..models.scoring.comparison import stats
 
 log = logging.getLogger("salient_background")
 
 TABLE_FILES = ("table.md", "table.csv", "table.json")
-REFERENCE_FEATURES = "reference_features.npz"
 CACHE_FOLDER = "cache"
 
 
@@ -127,8 +125,10 @@ def run(args) -> int:
 def _run(args, the_plan: Plan, ranks) -> int:
     from ..models.precision import parse_device
     from ..models.runs.ranks import device_name
+    from ..models.scoring.comparison import compare
     from ..models.scoring.comparison.cache import MeasurementCache
-    from ..models.scoring.comparison.measure import Digests, measure_part
+    from ..models.scoring.comparison.measure import Digests
+    from ..models.scoring.comparison.parts import build_parts
     from .common import ensure_output_dir
 
     device = parse_device(device_name(args.device, ranks))
@@ -136,61 +136,39 @@ def _run(args, the_plan: Plan, ranks) -> int:
     cache = MeasurementCache(os.path.abspath(args.cache or os.path.join(out, CACHE_FOLDER)))
     if args.dry_run:
         return _dry_run(ranks, the_plan, cache)
-    built = build_parts(args, the_plan.selected, device)
+    built = build_parts(the_plan.selected, _part_settings(args), device)
     if not built.parts:
-        raise InputError("no metric can run: " + "; ".join(built.missing) if built.missing else "no metric selected")
+        raise InputError("no metric can run: " + "; ".join(built.missing))
     digest = Digests()
-    results, reference = [], {}
     with _progress(args, ranks, len(the_plan.jobs) * len(built.parts)) as advance:
-        for part in built.parts:
-            results.append(measure_part(part, the_plan.jobs, cache, ranks, digest=digest,
-                                        batch_size=args.metric_batch, on_done=advance))
-        for part in built.feature_parts:
-            reference.update(_reference_features(args, part, the_plan, cache, ranks, digest, out))
+        results = compare.measure_runs(built.parts, the_plan.jobs, cache, ranks, batch_size=args.metric_batch,
+                                       on_done=advance, digest=digest)
+    if args.reference and not os.path.isdir(args.reference):
+        reference = compare.read_reference(args.reference)
+    else:
+        reference = compare.reference_features(built.feature_parts, the_plan.reference_jobs, cache, ranks,
+                                               batch_size=args.metric_batch, digest=digest)
     if not ranks.is_main:
         return 0
-    return _write_outputs(args, the_plan, built, results, reference, out)
+    compare.write_reference(out, reference)
+    settings = {"runs": {r.name: r.folder for r in the_plan.runs}, "metrics": [p.name for p in built.parts],
+                "identities": {p.name: p.identity for p in built.parts}, "missing": built.missing,
+                "reference": os.path.abspath(args.reference) if args.reference else "the runs' framed input photos"}
+    result = compare.make_table(the_plan.runs, the_plan.ids, the_plan.groups, results, built.set_metrics, reference,
+                                resamples=args.bootstrap, seed=args.bootstrap_seed, settings=settings)
+    compare.write_table(out, result)
+    if args.contact_sheet:
+        compare.write_contact_sheets(out, the_plan.runs, the_plan.ids, the_plan.groups, the_plan.jobs, results,
+                                     args.contact_sheet)
+    return _report(result, built, the_plan, out)
 
 
-@dataclass
-class BuiltParts:
-    parts: list  # measured per image / per input
-    feature_parts: list  # those whose features make set-level metrics (also measure the reference set)
-    set_metrics: list  # table.SetMetric
-    missing: list  # "metric: why" for each metric left out
+def _part_settings(args):
+    from ..models.scoring.comparison.parts import PartSettings, Readers
+    from .evaluate import resolve_sam
 
-
-def build_parts(args, selected: list, device) -> BuiltParts:
-    """The parts for the ``selected`` metrics ([] = every one whose model is found). A missing model leaves its
-    metric out with the download command when all are wanted, and is an error when the metric was asked for."""
-    from ..models.scoring.comparison import parts as mp
-    from ..models.scoring.comparison.table import fid_metric, kid_metric
-    from ..models.scoring.metrics import fid_from_features, kid_from_features
-
-    wanted = selected or list(mp.METRIC_PARTS)
-    readers = mp.Readers(_read_image, _read_mask)
-    built = BuiltParts([], [], [], [])
-    loaders = {"expansion": lambda: _expansion_part(args, readers, device), "inception": lambda: _metric_part(
-        "fid", args, readers, device), "clip": lambda: _metric_part("clip", args, readers, device),
-        "object_similarity": lambda: _metric_part("object_similarity", args, readers, device),
-        "lpips": lambda: _metric_part("lpips", args, readers, device)}
-    for part_name in dict.fromkeys(mp.METRIC_PARTS[m] for m in wanted):
-        try:
-            part = loaders[part_name]()
-        except UserFacingError as exc:
-            names = [m for m in wanted if mp.METRIC_PARTS[m] == part_name]
-            if selected:
-                raise
-            built.missing.append(f"{', '.join(names)}: {exc}")
-            continue
-        built.parts.append(part)
-        if part_name == "inception":
-            built.feature_parts.append(part)
-            if "fid" in wanted:
-                built.set_metrics.append(fid_metric("inception", value=lambda x, ref: fid_from_features(x, ref)))
-            if "kid" in wanted:
-                built.set_metrics.append(kid_metric("inception", value=lambda x, ref: kid_from_features(x, ref)[0]))
-    return built
+    return PartSettings(Readers(_read_image, _read_mask), sam_path=resolve_sam(args.sam) if args.sam else None,
+                        points=args.points, seed=args.seed, mask_choice=args.mask_choice, models_dir=args.models_dir)
 
 
 def _read_image(path: str):
@@ -205,126 +183,18 @@ def _read_mask(path: str):
     return _read_item(load_mask, path, "mask")
 
 
-def _expansion_part(args, readers, device):
-    from ..models.networks.sam import load_sam
-    from ..models.scoring.comparison.parts import ExpansionPart
-    from .evaluate import resolve_sam
+def _report(result: dict, built, the_plan: Plan, out: str) -> int:
+    from ..models.scoring.comparison.table import render_markdown
 
-    if not args.sam:
-        raise InputError("the expansion score needs SAM: give --sam (e.g. sam-vit-b after 'download sam-vit-b')")
-    path = resolve_sam(args.sam)
-    loaded = load_sam(path)
-    return ExpansionPart(loaded.model.to(device), readers, points=args.points, seed=args.seed,
-                         mask_choice=args.mask_choice, sam_identity={"file": os.path.basename(path),
-                                                                     "bytes": os.path.getsize(path),
-                                                                     "variant": loaded.variant})
-
-
-def _metric_part(metric: str, args, readers, device):
-    from ..models.model_files.model_paths import discover
-    from ..models.scoring import metrics
-    from ..models.scoring.comparison import parts as mp
-
-    path = metrics.find_metric_model(metric, discover(args.models_dir))
-    if metric == "fid":
-        return mp.InceptionPart(metrics.load_inception(path, device), readers)
-    if metric == "clip":
-        return mp.ClipPart(metrics.load_clip(path, device), readers)
-    if metric == "object_similarity":
-        return mp.ObjectSimilarityPart(metrics.load_object_encoder(path, device), readers)
-    return mp.LpipsPart(metrics.load_lpips(path, device), readers, backbone=path)
-
-
-def _reference_features(args, part, the_plan, cache, ranks, digest, out) -> dict:
-    """{feature name: [N, d]} of the reference set: measured (and cached) from its photos, or read from a .npz."""
-    import numpy as np
-
-    from ..models.runs.atomic import write_atomically
-    from ..models.scoring.comparison.measure import measure_part
-
-    if args.reference and not os.path.isdir(args.reference):
-        try:
-            with np.load(args.reference, allow_pickle=False) as data:
-                return {name: data[name].astype(np.float64) for name in data.files}
-        except (OSError, ValueError) as exc:
-            raise InputError(f"--reference {args.reference!r} is neither a folder nor a features .npz: {exc}") from None
-    res = measure_part(part, the_plan.reference_jobs, cache, ranks, digest=digest, batch_size=args.metric_batch)
-    features: dict = {}
-    for key in sorted(res.results, key=lambda k: res.units[k][0].image):
-        for name, vector in res.results[key].features.items():
-            features.setdefault(name, []).append(vector)
-    stacked = {name: np.stack(v).astype(np.float64) for name, v in features.items()}
-    if ranks.is_main and stacked:
-        def write(tmp):
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **stacked)
-
-        write_atomically(os.path.join(out, REFERENCE_FEATURES), write)
-    return stacked
-
-
-def _write_outputs(args, the_plan: Plan, built, results, reference, out) -> int:
-    from ..models.runs.atomic import write_atomically, write_json_atomically
-    from ..models.scoring.comparison import grouping, runs as run_io, table
-    from ..models.scoring.comparison.measure import failed_images
-
-    measured = run_io.assemble(the_plan.runs, the_plan.ids, results)
-    settings = {"runs": {r.name: r.folder for r in the_plan.runs}, "metrics": [p.name for p in built.parts],
-                "identities": {p.name: p.identity for p in built.parts}, "missing": built.missing,
-                "reference": os.path.abspath(args.reference) if args.reference else "the runs' framed input photos"}
-    result = table.build_table(measured, grouping.blocks(the_plan.groups), built.set_metrics, reference,
-                               resamples=args.bootstrap, seed=args.bootstrap_seed, settings=settings)
-    failed = failed_images(results)
-    if failed:
-        result["failed"] = failed
-    for name, text in (("table.md", table.render_markdown(result)), ("table.csv", table.render_csv(result))):
-        write_atomically(os.path.join(out, name), _text_writer(text))
-    write_json_atomically(os.path.join(out, "table.json"), result)
-    if args.contact_sheet:
-        _contact_sheets(args, the_plan, results, out)
-    print(table.render_markdown(result))
-    if built.missing:
-        print("left out: " + "; ".join(built.missing), file=sys.stderr)
+    print(render_markdown(result))
+    for missing in built.missing:
+        print(f"left out: {missing}", file=sys.stderr)
+    failed = result.get("failed", [])
     if failed:
         print(f"{len(failed)} measurement(s) failed; listed under 'failed' in {os.path.join(out, 'table.json')}",
               file=sys.stderr)
     print(f"evaluate: table of {len(the_plan.runs)} runs over {len(the_plan.ids)} inputs in {out}")
     return 1 if failed else 0
-
-
-def _text_writer(text: str):
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-
-    return write
-
-
-def _contact_sheets(args, the_plan: Plan, results, out) -> None:
-    from ..models.scoring.comparison import contact_sheet
-    from ..models.scoring.comparison.measure import per_job
-
-    scores: dict = {}
-    for res in results:
-        if not res.part.per_input:
-            for key, m in per_job(res).items():
-                scores.setdefault(key, {}).update(m.scores)
-    images = {(j.run, j.input_id, j.seed): j for j in the_plan.jobs}
-    base = the_plan.runs[0].name
-    for run in the_plan.runs[1:]:
-        rows = []
-        for input_id in the_plan.ids:
-            seeds = sorted(s for (r, i, s) in images if r == base and i == input_id and (run.name, i, s) in images)
-            if not seeds:
-                continue
-            b, m = images[(base, input_id, seeds[0])], images[(run.name, input_id, seeds[0])]
-            rows.append(contact_sheet.SheetRow(input_id, the_plan.groups[input_id][1], b.photo, b.mask, b.image, m.image,
-                                               scores.get((base, input_id, seeds[0]), {}),
-                                               scores.get((run.name, input_id, seeds[0]), {})))
-        picked = contact_sheet.pick_rows(rows, args.contact_sheet)
-        stem = os.path.join(out, f"contact_sheet_{run.name}")
-        contact_sheet.write_html(stem + ".html", f"{base} vs {run.name}", picked, base, run.name)
-        contact_sheet.write_png(stem + ".png", picked, base, run.name)
 
 
 def _dry_run(ranks, the_plan: Plan, cache) -> int:

@@ -164,3 +164,91 @@ def _file_identity(path: str) -> dict:
     import os
 
     return {"file": os.path.basename(path), "bytes": os.path.getsize(path) if path and os.path.isfile(path) else None}
+
+
+@dataclass
+class BuiltParts:
+    parts: list  # measured per image / per input
+    feature_parts: list  # those whose features make set-level metrics (they also measure the reference set)
+    set_metrics: list  # table.SetMetric
+    missing: list  # "metric: why" of each metric left out
+
+
+@dataclass
+class PartSettings:
+    """Where the metric models are and how the expansion score is taken (the evaluate command's options)."""
+
+    readers: Readers
+    sam_path: Optional[str] = None
+    points: int = 8
+    seed: int = 0
+    mask_choice: str = "auto"
+    models_dir: Optional[str] = None
+
+
+def build_parts(selected: list, settings: PartSettings, device) -> BuiltParts:
+    """The parts of the ``selected`` metrics ([] = every one whose model is found). A missing model leaves its
+    metric out (named, with the download command) when all are wanted; asked for by name, it is an error."""
+    from ...errors import UserFacingError
+    from .table import fid_metric, kid_metric
+
+    wanted = selected or list(METRIC_PARTS)
+    built = BuiltParts([], [], [], [])
+    for part_name in dict.fromkeys(METRIC_PARTS[m] for m in wanted):
+        try:
+            part = _load_part(part_name, settings, device)
+        except UserFacingError as exc:
+            if selected:
+                raise
+            names = [m for m in wanted if METRIC_PARTS[m] == part_name]
+            built.missing.append(f"{', '.join(names)}: {exc}")
+            continue
+        built.parts.append(part)
+        if part_name == "inception":
+            built.feature_parts.append(part)
+            if "fid" in wanted:
+                built.set_metrics.append(fid_metric("inception", value=_fid_value))
+            if "kid" in wanted:
+                built.set_metrics.append(kid_metric("inception", value=_kid_value))
+    return built
+
+
+def _fid_value(x, reference) -> float:
+    """The point FID by torchmetrics (models/scoring/metrics), from features or from given statistics."""
+    from ..metrics import FeatureStatistics, feature_statistics, fid_from_features, fid_from_statistics
+    from .table import GaussianStatistics
+
+    if isinstance(reference, GaussianStatistics):
+        return fid_from_statistics(feature_statistics(x), FeatureStatistics(reference.mu, reference.sigma, 0))
+    return fid_from_features(x, reference)
+
+
+def _kid_value(x, reference) -> float:
+    from ..metrics import kid_from_features
+
+    return kid_from_features(x, reference)[0]
+
+
+def _load_part(part_name: str, settings: PartSettings, device):
+    from ...errors import InputError
+    from ...model_files.model_paths import discover
+    from .. import metrics
+
+    if part_name == "expansion":
+        from ...networks.sam import load_sam
+
+        if not settings.sam_path:
+            raise InputError("the expansion score needs SAM: give --sam (e.g. sam-vit-b after 'download sam-vit-b')")
+        loaded = load_sam(settings.sam_path)
+        return ExpansionPart(loaded.model.to(device), settings.readers, points=settings.points, seed=settings.seed,
+                             mask_choice=settings.mask_choice,
+                             sam_identity={**_file_identity(settings.sam_path), "variant": loaded.variant})
+    metric = {"inception": "fid", "clip": "clip", "object_similarity": "object_similarity", "lpips": "lpips"}[part_name]
+    path = metrics.find_metric_model(metric, discover(settings.models_dir))
+    if part_name == "inception":
+        return InceptionPart(metrics.load_inception(path, device), settings.readers)
+    if part_name == "clip":
+        return ClipPart(metrics.load_clip(path, device), settings.readers)
+    if part_name == "object_similarity":
+        return ObjectSimilarityPart(metrics.load_object_encoder(path, device), settings.readers)
+    return LpipsPart(metrics.load_lpips(path, device), settings.readers, backbone=path)

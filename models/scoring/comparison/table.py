@@ -51,6 +51,20 @@ def ordered(names) -> list[str]:
 
 
 @dataclass
+class GaussianStatistics:
+    """A reference set given as FID statistics only (mean and covariance of its features): FID, not KID."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+
+
+def mean_and_covariance(reference) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(reference, GaussianStatistics):
+        return reference.mu, reference.sigma
+    return reference.mean(0), np.cov(reference, rowvar=False)
+
+
+@dataclass
 class SetMetric:
     """A metric of a whole set of images, from one kind of feature and the reference set's features.
     ``value(features, reference)`` is the point estimate; ``redraw(features, image_input, n_inputs, reference)``
@@ -58,20 +72,24 @@ class SetMetric:
 
     name: str
     feature: str
-    value: Callable[[np.ndarray, np.ndarray], float]
+    value: Callable[[np.ndarray, object], float]
     redraw: Callable
+    needs_features: bool = False  # True: cannot be computed from GaussianStatistics
 
 
 def fid_metric(feature: str = "inception", value: Optional[Callable] = None) -> SetMetric:
+    """FID; ``value(x, reference)`` gives the point estimate (default: :func:`stats.weighted_fid`), the interval
+    is redrawn with :func:`stats.fid_bootstrap`."""
     def point(x, ref):
-        return stats.weighted_fid(x, np.ones(len(x)), ref.mean(0), np.cov(ref, rowvar=False))
+        return stats.weighted_fid(x, np.ones(len(x)), *mean_and_covariance(ref))
 
     return SetMetric(FID, feature, value or point,
-                     lambda x, ii, n, ref: stats.fid_bootstrap(x, ii, n, ref.mean(0), np.cov(ref, rowvar=False)))
+                     lambda x, ii, n, ref: stats.fid_bootstrap(x, ii, n, *mean_and_covariance(ref)))
 
 
 def kid_metric(feature: str = "inception", value: Optional[Callable] = None) -> SetMetric:
-    return SetMetric(KID, feature, value or stats.unbiased_mmd2, stats.kid_bootstrap)
+    """KID; default point estimate: the full-set unbiased MMD² (what the interval redraws)."""
+    return SetMetric(KID, feature, value or stats.unbiased_mmd2, stats.kid_bootstrap, needs_features=True)
 
 
 @dataclass
@@ -105,8 +123,12 @@ def _stacked(run: RunMeasurements, feature: str, ids: Sequence[str]):
     return (np.stack(vectors) if vectors else np.zeros((0, 0))), np.array(owner, dtype=np.int64)
 
 
+def _usable(metric: SetMetric, reference) -> bool:
+    return reference is not None and not (metric.needs_features and isinstance(reference, GaussianStatistics))
+
+
 def _set_value(metric: SetMetric, x: np.ndarray, reference) -> float:
-    if reference is None or len(x) < 2:
+    if not _usable(metric, reference) or len(x) < 2:
         return math.nan
     return float(metric.value(x, reference))
 
@@ -142,7 +164,7 @@ def _set_difference(sm: SetMetric, base, run, ids, reference, set_values, kw) ->
     ref = reference.get(sm.feature)
     (xb, ib), (xm, im) = _stacked(base, sm.feature, ids), _stacked(run, sm.feature, ids)
     vb, vm = set_values[base.name, sm.name], set_values[run.name, sm.name]
-    if ref is None or len(xb) < 2 or len(xm) < 2:
+    if not _usable(sm, ref) or len(xb) < 2 or len(xm) < 2:
         return stats.Interval(vm - vb, math.nan, math.nan)
     return stats.set_level_difference(sm.redraw(xb, ib, len(ids), ref), sm.redraw(xm, im, len(ids), ref),
                                       len(ids), vb, vm, **kw)
