@@ -34,8 +34,8 @@ from ..models.networks.controlnet_checkpoint import (
 )
 from ..models.errors import CheckpointError, InputError
 from ..models.imaging.framing import FrameRecord
-from ..models.generation import bases
-from ..models.generation.bases import InpaintingBase
+from ..models import bases
+from ..models.bases import InpaintingBase
 from ..models.generation.inpaint_inputs import build_inpaint_inputs, latent_mask
 from . import comfy_glue
 

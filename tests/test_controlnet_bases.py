@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from salient_background.models.generation.bases import get_base
+from salient_background.models.bases import get_base
 from salient_background.models.networks import comfy_keys
 from salient_background.nodes import comfy_glue, controlnet_nodes
 from salient_background.nodes.controlnet_nodes import (

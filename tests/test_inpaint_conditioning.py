@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from salient_background.models.errors import InputError
-from salient_background.models.generation.bases import get_base
+from salient_background.models.bases import get_base
 from salient_background.models.generation.inpaint_inputs import build_inpaint_inputs, latent_mask
 from salient_background.nodes import comfy_glue, controlnet_nodes
 from salient_background.nodes.controlnet_nodes import (

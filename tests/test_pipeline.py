@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def pipe(tiny_sd):
-    from salient_background.models.generation.pipeline import load_pipeline
+    from salient_background.models.generation.loading import load_pipeline
 
     return load_pipeline(tiny_sd.hf_pipeline_dir)
 
@@ -51,7 +51,9 @@ def _run(pipe, image, mask, prompt="a photo of a bottle", steps=2, seed=5, **kw)
 def test_every_checkpoint_form_gives_the_same_images(tiny_sd, pipe, monkeypatch):
     import socket
 
-    from salient_background.models.generation.pipeline import SalientBackgroundPipeline, load_controlnet, load_pipeline
+    from salient_background.models.generation.pipeline import SalientBackgroundPipeline
+
+    from salient_background.models.generation.loading import load_controlnet, load_pipeline
 
     def no_network(*args, **kwargs):
         raise AssertionError(f"network access attempted: {args}")
@@ -195,7 +197,8 @@ def test_seeds_and_batches(pipe):
 
 
 def test_errors_name_the_fix(tiny_sd, pipe, tmp_path):
-    from salient_background.models.generation.pipeline import SalientBackgroundPipeline, load_pipeline
+    from salient_background.models.generation.pipeline import SalientBackgroundPipeline
+    from salient_background.models.generation.loading import load_pipeline
 
     with pytest.raises(InputError, match="multiple of 8"):
         _run(pipe, torch.rand(1, 60, 60, 3), torch.zeros(1, 60, 60))

@@ -69,7 +69,7 @@ def _fingerprint(folder: str) -> str:
 
 
 def _run_ours(folder: str, photos, masks, scale: float = 1.0, **kw) -> np.ndarray:
-    from salient_background.models.generation.pipeline import load_pipeline
+    from salient_background.models.generation.loading import load_pipeline
 
     pipe = load_pipeline(folder, **kw)
     return pipe(torch.from_numpy(photos.astype(np.float32) / 255.0), torch.from_numpy(masks.astype(np.float32) / 255.0),
@@ -79,7 +79,7 @@ def _run_ours(folder: str, photos, masks, scale: float = 1.0, **kw) -> np.ndarra
 
 # ------------------------------------------------------------------------------------------------------ SD1.5
 def test_sd15_pipeline_matches_reference_golden(sd15_folder):
-    from salient_background.models.generation.pipeline import load_pipeline
+    from salient_background.models.generation.loading import load_pipeline
 
     assert type(load_pipeline(sd15_folder).unet).__name__ == "UNet2DConditionModel"
     golden = np.load(GOLDEN_SD15)
@@ -177,13 +177,13 @@ def test_sdxl_pipeline_matches_a_composition_of_diffusers_networks(sdxl_folder):
     diff = float(np.abs(ours - expected).max())
     assert diff <= 1e-5, f"max |ours - diffusers composition| = {diff:.3g}"
     assert float(np.abs(expected - baseline).max()) > 100 * 1e-5  # the ControlNet (and its added cond) matters here
-    from salient_background.models.generation.pipeline import load_pipeline
+    from salient_background.models.generation.loading import load_pipeline
 
     assert isinstance(load_pipeline(sdxl_folder), SalientBackgroundXLPipeline)
 
 
 def test_sdxl_vae_stays_float32_in_half_precision(sdxl_folder):
-    from salient_background.models.generation.pipeline import load_pipeline
+    from salient_background.models.generation.loading import load_pipeline
 
     pipe = load_pipeline(sdxl_folder, dtype=torch.bfloat16, device="cpu")
     assert pipe.unet.dtype == torch.bfloat16 and pipe.vae.dtype == torch.float32
@@ -194,7 +194,8 @@ def test_sdxl_vae_stays_float32_in_half_precision(sdxl_folder):
 
 # ------------------------------------------------------------------------------------------- base of the model
 def test_the_base_is_read_from_the_model(sd15_folder, sdxl_folder, tiny_sd):
-    from salient_background.models.generation.base_model import base_of_model, controlnet_base_cheaply
+    from salient_background.models.bases import base_of_model
+    from salient_background.models.networks.controlnet_checkpoint import controlnet_base_cheaply
 
     assert base_of_model(sd15_folder).name == "sd15-inpainting"
     assert base_of_model(sdxl_folder).name == "sdxl-inpainting"
@@ -213,14 +214,14 @@ def test_the_base_is_read_from_the_model(sd15_folder, sdxl_folder, tiny_sd):
 def test_a_controlnet_of_another_base_is_one_error_naming_both(model, controlnet, names, sd15_folder, sdxl_folder,
                                                                tiny_sd, monkeypatch):
     from salient_background.models.errors import InputError
-    from salient_background.models.generation import pipeline
+    from salient_background.models.generation import loading
 
     folders = {"sd2": tiny_sd.si2_dir, "sd15": sd15_folder, "sdxl": sdxl_folder}
     controlnets = {"sd2": tiny_sd.controlnet_safetensors, "sd15": os.path.join(sd15_folder, "controlnet"),
                    "sdxl": os.path.join(sdxl_folder, "controlnet")}
-    monkeypatch.setattr(pipeline, "load_si2_components", lambda *a, **k: pytest.fail("weights loaded before the check"))
+    monkeypatch.setattr(loading, "load_components", lambda *a, **k: pytest.fail("weights loaded before the check"))
     with pytest.raises(InputError) as err:
-        pipeline.load_pipeline(si2_path=folders[model], controlnet_path=controlnets[controlnet])
+        loading.load_pipeline(si2_path=folders[model], controlnet_path=controlnets[controlnet])
     assert all(name in str(err.value) for name in names)
 
 

@@ -74,7 +74,7 @@ def weights_fingerprint(models) -> str:
 
 
 def run_ours(models, photos: np.ndarray, masks: np.ndarray, scale: float = SCALE) -> np.ndarray:
-    from salient_background.models.generation.pipeline import load_pipeline
+    from salient_background.models.generation.loading import load_pipeline
 
     pipe = load_pipeline(models.hf_pipeline_dir)
     generators = [torch.Generator().manual_seed(s) for s in SEEDS]

@@ -56,7 +56,7 @@ def _image(pipe):
 
 
 def test_single_file_and_diffusers_folder_give_the_same_image(tiny_sd, models_fp32, no_network):  # noqa: F811
-    from salient_background.models.generation.pipeline import load_pipeline
+    from salient_background.models.generation.loading import load_pipeline
 
     folder = load_pipeline(si2_path=tiny_sd.si2_dir, controlnet_path=tiny_sd.controlnet_dir)
     single = load_pipeline(si2_path=os.path.join(models_fp32, SINGLE), controlnet_path=tiny_sd.controlnet_dir)
@@ -70,10 +70,10 @@ def test_single_file_and_diffusers_folder_give_the_same_image(tiny_sd, models_fp
 
 
 def test_the_fp16_file_loads_in_the_requested_dtype(tiny_sd, models_fp16, no_network):  # noqa: F811
-    from salient_background.models.generation.pipeline import load_pipeline, load_si2_components
+    from salient_background.models.generation.loading import load_pipeline, load_components
 
     path = os.path.join(models_fp16, SINGLE)
-    vae, text_encoder, _tok, unet, _sched = load_si2_components(path, dtype=torch.bfloat16)
+    vae, text_encoder, _tok, unet, _sched = load_components(path, dtype=torch.bfloat16)
     assert {p.dtype for m in (vae, text_encoder, unet) for p in m.parameters()} == {torch.bfloat16}
     pipe = load_pipeline(si2_path=path, controlnet_path=tiny_sd.controlnet_dir, dtype=torch.float32)
     assert {p.dtype for m in (pipe.vae, pipe.text_encoder, pipe.unet) for p in m.parameters()} == {torch.float32}
@@ -83,22 +83,23 @@ def test_the_fp16_file_loads_in_the_requested_dtype(tiny_sd, models_fp16, no_net
 
 
 def test_the_ckpt_form_and_an_explicit_config_folder(tiny_sd, tmp_path, no_network):  # noqa: F811
-    from salient_background.models.generation.pipeline import load_si2_components
+    from salient_background.models.generation.loading import load_components
 
     unet, vae, text_encoder, _tok, _cn = tiny_sd.load_components()
     ckpt = write_sd2_single_file(str(tmp_path / "elsewhere" / "sd2-inpainting.ckpt"), unet, vae, text_encoder,
                                  torch.float32)
     configs = copy_config_folder(tiny_sd.si2_dir, str(tmp_path / "my-configs"))
-    _vae, _te, _tok2, loaded_unet, _s = load_si2_components(ckpt, config_dir=configs)
+    _vae, _te, _tok2, loaded_unet, _s = load_components(ckpt, config_dir=configs)
     assert all(torch.equal(v, loaded_unet.state_dict()[k]) for k, v in unet.state_dict().items())
 
 
 def test_missing_configs_name_the_download_command(tiny_sd, tmp_path):  # noqa: F811
-    from salient_background.models.generation.pipeline import load_pipeline, validate_si2_path
+    from salient_background.models.generation.loading import load_pipeline
+    from salient_background.models.generation.model_plan import validate_base_model_path
 
     models = comfyui_models_dir(tiny_sd, str(tmp_path / "models"), with_configs=False)
     path = os.path.join(models, SINGLE)
-    for call in (lambda: validate_si2_path(path), lambda: load_pipeline(si2_path=path, use_controlnet=False)):
+    for call in (lambda: validate_base_model_path(path), lambda: load_pipeline(si2_path=path, use_controlnet=False)):
         with pytest.raises(CheckpointError) as err:
             call()
         message = str(err.value)
@@ -108,20 +109,22 @@ def test_missing_configs_name_the_download_command(tiny_sd, tmp_path):  # noqa: 
     configs = copy_config_folder(tiny_sd.si2_dir, os.path.join(models, "diffusers", "stable-diffusion-2-inpainting"))
     os.remove(os.path.join(configs, "tokenizer", "vocab.json"))
     with pytest.raises(CheckpointError, match="lacks tokenizer/vocab.json"):
-        validate_si2_path(path)
+        validate_base_model_path(path)
 
 
 def test_wrong_files_get_one_line_errors(tiny_sd, models_fp32, tmp_path):  # noqa: F811
     from safetensors.torch import load_file, save_file
 
-    from salient_background.models.generation.pipeline import load_si2_components, validate_si2_path
+    from salient_background.models.generation.loading import load_components
+
+    from salient_background.models.generation.model_plan import validate_base_model_path
 
     with pytest.raises(CheckpointError, match="SD2-inpainting model not found"):
-        validate_si2_path(str(tmp_path / "missing.safetensors"))
+        validate_base_model_path(str(tmp_path / "missing.safetensors"))
     not_a_model = tmp_path / "notes.txt"
     not_a_model.write_text("hello")
     with pytest.raises(CheckpointError, match="not an SD2-inpainting checkpoint"):
-        validate_si2_path(str(not_a_model))
+        validate_base_model_path(str(not_a_model))
     # an ordinary (4-channel) SD2 checkpoint next to the same configs
     state = load_file(os.path.join(models_fp32, SINGLE))
     first = "model.diffusion_model.input_blocks.0.0.weight"
@@ -129,7 +132,7 @@ def test_wrong_files_get_one_line_errors(tiny_sd, models_fp32, tmp_path):  # noq
     base = os.path.join(models_fp32, "checkpoints", "sd2_base.safetensors")
     save_file(state, base)
     with pytest.raises(CheckpointError, match="has 4 input channels"):
-        load_si2_components(base)
+        load_components(base)
     # a diffusers-key file (e.g. a ControlNet) is not the original layout
     with pytest.raises(CheckpointError, match="not a Stable Diffusion 2 checkpoint in the original layout"):
-        load_si2_components(tiny_sd.controlnet_safetensors, config_dir=tiny_sd.si2_dir)
+        load_components(tiny_sd.controlnet_safetensors, config_dir=tiny_sd.si2_dir)

@@ -243,10 +243,10 @@ def _fixed_batch_loss(tiny, data, controlnet, n=4):
     """Loss of ``controlnet`` on a fixed set: rows 0..n-1, fixed crops and noise, 3 timesteps spread out."""
     from diffusers import DDPMScheduler
 
-    from salient_background.models.generation.pipeline import load_si2_components
+    from salient_background.models.generation.loading import load_components
     from salient_background.training.train import training_loss
 
-    vae, te, tok, unet, _ = load_si2_components(tiny.si2_dir)
+    vae, te, tok, unet, _ = load_components(tiny.si2_dir)
     sched = DDPMScheduler.from_config(json.load(open(os.path.join(tiny.si2_dir, "scheduler", "scheduler_config.json"))))
     ds = tdata.SalientTrainingDataset(tdata.read_manifest(data), tdata.SampleConfig(resolution=RES, resize_to=RESIZE,
                                                                                      empty_caption_prob=0.0), tok)
@@ -263,9 +263,11 @@ def _fixed_batch_loss(tiny, data, controlnet, n=4):
 def test_zero_initialised_controlnet_leaves_si2_unchanged(tiny_sd, dataset_dir):
     from diffusers import ControlNetModel
 
-    from salient_background.models.generation.pipeline import SalientBackgroundPipeline, load_si2_components
+    from salient_background.models.generation.pipeline import SalientBackgroundPipeline
 
-    vae, te, tok, unet, sched = load_si2_components(tiny_sd.si2_dir)
+    from salient_background.models.generation.loading import load_components
+
+    vae, te, tok, unet, sched = load_components(tiny_sd.si2_dir)
     cn = ControlNetModel.from_unet(unet, conditioning_channels=3,
                                    conditioning_embedding_out_channels=CONTROLNET_CONDITIONING_CHANNELS).eval()
     pipe = SalientBackgroundPipeline(vae, te, tok, unet, sched, controlnet=cn)
@@ -318,7 +320,7 @@ def test_resume_is_bitwise_identical(tiny_sd, dataset_dir, tmp_path):
 
 def test_export_loads_through_the_loader_and_reproduces_residuals(tiny_sd, dataset_dir, tmp_path):
     from salient_background.models.networks.controlnet_checkpoint import build_diffusers_controlnet
-    from salient_background.models.generation.pipeline import load_controlnet, load_si2_components
+    from salient_background.models.generation.loading import load_controlnet, load_components
     from salient_background.training.export import export_checkpoint
 
     result = train_in_process(_config(tiny_sd, dataset_dir, tmp_path / "run", max_train_steps=2, checkpointing_steps=2,
@@ -326,7 +328,7 @@ def test_export_loads_through_the_loader_and_reproduces_residuals(tiny_sd, datas
     trained = result.controlnet.eval()
     exported = export_checkpoint(str(tmp_path / "run"), str(tmp_path / "export"))
     half = export_checkpoint(str(tmp_path / "run" / "checkpoints" / "checkpoint-2"), str(tmp_path / "export16"), fp16=True)
-    unet = load_si2_components(tiny_sd.si2_dir)[3]
+    unet = load_components(tiny_sd.si2_dir)[3]
     gen = torch.Generator().manual_seed(0)
     x, hint = torch.randn(2, 9, 8, 8, generator=gen), torch.rand(2, 3, RES, RES, generator=gen)
     ctx = torch.randn(2, 77, 32, generator=gen)
@@ -400,10 +402,10 @@ def test_text_embedding_cache_trains_the_same_model(tiny_sd, dataset_dir, tmp_pa
 
 
 def test_text_embedding_cache_is_skipped_when_the_captions_outweigh_the_encoder(tiny_sd):
-    from salient_background.models.generation.pipeline import load_si2_components
+    from salient_background.models.generation.loading import load_components
     from salient_background.training.train import TextEmbeddingCache
 
-    text_encoder = load_si2_components(tiny_sd.si2_dir)[1]
+    text_encoder = load_components(tiny_sd.si2_dir)[1]
     encoder_bytes = sum(p.numel() * 4 for p in text_encoder.parameters())
     per_caption = text_encoder.config.max_position_embeddings * text_encoder.config.hidden_size * 4
     fits = encoder_bytes // per_caption - 1  # distinct captions besides "" that still fit
@@ -483,7 +485,7 @@ def test_latent_cache_holds_the_vae_posteriors_and_resumes(tiny_sd, dataset_dir,
     from safetensors.torch import load_file
 
     from salient_background.models.generation.inpaint_inputs import build_inpaint_inputs
-    from salient_background.models.generation.pipeline import load_si2_components
+    from salient_background.models.generation.loading import load_components
 
     kw = dict(max_train_steps=3, latent_cache=True, latent_cache_crops=2, text_embedding_cache=True, learning_rate=1e-3,
               checkpointing_steps=3)
@@ -492,7 +494,7 @@ def test_latent_cache_holds_the_vae_posteriors_and_resumes(tiny_sd, dataset_dir,
     files = sorted(p.name for p in cache.glob("*.safetensors"))
     assert len(files) == 8 and first.global_step == 1
     # the cached posterior of crop 1 of row 5 is the VAE's posterior of that crop
-    vae = load_si2_components(tiny_sd.si2_dir)[0]
+    vae = load_components(tiny_sd.si2_dir)[0]
     ds = tdata.SalientTrainingDataset(tdata.read_manifest(dataset_dir), tdata.SampleConfig(resolution=RES, resize_to=RESIZE))
     image, mask = ds.load_crop(5, ds.cache_crop_rng(5, 1))
     cached = load_file(str(cache / files[5]))

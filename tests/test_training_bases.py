@@ -21,7 +21,7 @@ from sb_testkit.training_runs import train_in_process
 from test_training import RedSegmenter, make_photo_folder
 
 from salient_background.models.errors import InputError
-from salient_background.models.generation.bases import BASES, base_for_pretrained_folder
+from salient_background.models.bases import BASES, base_for_pretrained_folder
 from salient_background.training import data as tdata
 
 RES = TINY_IMAGE_SIZE

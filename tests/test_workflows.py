@@ -28,9 +28,9 @@ def load(path):
         return json.load(handle)
 
 
-def test_there_are_six_workflows_each_with_an_api_twin():
+def test_there_are_eight_workflows_each_with_an_api_twin():
     names = [os.path.basename(p) for p in UI_FILES]
-    assert len(names) == 6, names
+    assert len(names) == 8, names
     for name in names:
         assert os.path.isfile(os.path.join(WORKFLOWS, "api", name)), f"no API twin for {name}"
 

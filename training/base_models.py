@@ -1,6 +1,6 @@
 """The frozen models of the run's base, and the ControlNet the run trains: which base, loaded how, checked how.
 
-The base (:mod:`models.generation.bases`) is a property of the pretrained model: read from its folder
+The base (:mod:`models.bases`) is a property of the pretrained model: read from its folder
 (``unet/config.json``, ``model_index.json``) or named with ``--base``, and then checked against the folder before any
 weight is read. SD2 inpainting is also accepted as the single file ComfyUI loads; SD1.5 and SDXL inpainting as
 diffusers folders. SDXL brings two text encoders and tokenizers (given to the rest of the trainer as lists) and a
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..models.errors import CheckpointError, InputError
-from ..models.generation.bases import InpaintingBase, as_base, base_for_pretrained_folder
+from ..models.bases import InpaintingBase, as_base, base_for_pretrained_folder, base_mismatch_message
 
 log = logging.getLogger("salient_background")
 
@@ -58,13 +58,13 @@ class BaseComponents:
 
 def _load_xl_folder(path: str) -> BaseComponents:
     """SDXL's parts, loaded by the SDXL pipeline's loader (all fp32 here; the trainer casts them)."""
-    from ..models.generation.pipeline_xl import _load_xl_parts
+    from ..models.generation.loading import load_xl_components
 
     for sub in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"):
         if not os.path.isdir(os.path.join(path, sub)):
             raise CheckpointError(f"the SDXL inpainting folder {path!r} has no '{sub}/' folder (a diffusers SDXL "
                                   "folder has unet, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, scheduler)")
-    vae, text_encoder, text_encoder_2, tokenizers, unet = _load_xl_parts(path, torch.float32)
+    vae, text_encoder, text_encoder_2, tokenizers, unet = load_xl_components(path, torch.float32)
     return BaseComponents(vae, [text_encoder, text_encoder_2], list(tokenizers), unet)
 
 
@@ -74,9 +74,9 @@ def load_base_components(base: InpaintingBase, config) -> BaseComponents:
     if base.text_encoders == 2:
         parts = _load_xl_folder(config.base_model)
     else:  # SD2 and SD1.5 share the folder layout (SD2 also as a single file)
-        from ..models.generation.pipeline import load_si2_components
+        from ..models.generation.loading import load_components
 
-        vae, text_encoder, tokenizer, unet, _ = load_si2_components(config.base_model)
+        vae, text_encoder, tokenizer, unet, _ = load_components(config.base_model)
         parts = BaseComponents(vae, text_encoder, tokenizer, unet)
     if config.vae:
         from diffusers import AutoencoderKL
@@ -90,11 +90,11 @@ def load_base_components(base: InpaintingBase, config) -> BaseComponents:
 
 def scheduler_config(config) -> dict:
     """The base's scheduler config (the training noise schedule is read from it)."""
-    from ..models.generation.pipeline import find_si2_config_dir
+    from ..models.generation.model_plan import find_config_dir
 
     folder = config.base_model
     if os.path.isfile(folder):
-        folder = find_si2_config_dir(folder)
+        folder = find_config_dir(folder)
     with open(os.path.join(folder, "scheduler", "scheduler_config.json")) as fh:
         return json.load(fh)
 
@@ -116,9 +116,9 @@ def check_comfy_buildable(controlnet_config, unet_config) -> None:
 
 
 def _unet_config_file(config) -> str:
-    from ..models.generation.pipeline import find_si2_config_dir
+    from ..models.generation.model_plan import find_config_dir
 
-    folder = config.base_model if os.path.isdir(config.base_model) else find_si2_config_dir(config.base_model)
+    folder = config.base_model if os.path.isdir(config.base_model) else find_config_dir(config.base_model)
     return os.path.join(folder, "unet", "config.json")
 
 
@@ -145,13 +145,14 @@ def make_controlnet(config, base: InpaintingBase, unet):
     from diffusers import ControlNetModel
 
     if config.controlnet:
-        from ..models.generation.pipeline import load_controlnet
+        from ..models.generation.loading import load_controlnet
         from ..models.networks.controlnet_checkpoint import controlnet_base
 
         found = controlnet_base(config.controlnet)
         if found.name != base.name:
-            raise InputError(f"--controlnet {config.controlnet!r} is for {found.title}, but the base model is "
-                             f"{base.title}: give a ControlNet of the same base, or none to start from the UNet")
+            raise InputError(base_mismatch_message(
+                found, base, controlnet=f"--controlnet {config.controlnet!r}",
+                fix="give a ControlNet of the same base, or none to start from the UNet"))
         controlnet = load_controlnet(config.controlnet, unet=unet)
     else:
         with torch.random.fork_rng(devices=[]):  # the new conditioning embedding's random init: a function of the seed

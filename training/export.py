@@ -4,8 +4,9 @@ Output folder: ``config.json`` + ``diffusion_pytorch_model.safetensors`` (fp32, 
 ``salient_controlnet.json`` (base model, steps, data, recipe). This is the same form as the ``controlnet/`` folder of
 ``yahoo-inc/photo-background-generation``, plus the base the ControlNet is for (``salient_base`` in ``config.json``
 and in the safetensors metadata). :func:`export_checkpoint` re-reads the result through
-:func:`models.controlnet_checkpoint.build_diffusers_controlnet` -- the loader node's code -- and checks its config
-against what ComfyUI can build before returning, so a folder that would not load is never reported as exported.
+:func:`models.networks.controlnet_checkpoint.build_diffusers_controlnet` -- the loader node's code -- and checks its
+config against what ComfyUI can build (:mod:`models.networks.comfy_constraints`, from the model families of
+:data:`models.bases.COMFY_FAMILIES`) before returning, so a folder that would not load is never reported as exported.
 
 Sources: a ``ControlNetModel`` in memory (the trainer's final export), or a trainer checkpoint folder
 (``<output_dir>/checkpoints/checkpoint-<step>``: accelerate's ``model.safetensors`` + our ``controlnet_config.json``,
@@ -22,7 +23,7 @@ from typing import Mapping, Optional
 import torch
 
 from ..models.errors import CheckpointError
-from ..models.generation.bases import as_base
+from ..models.bases import BASE_RECORD, as_base, base_from_weights
 
 log = logging.getLogger("salient_background")
 
@@ -46,15 +47,11 @@ def export_controlnet(controlnet, folder: str, *, fp16: bool = False, state_dict
 
 
 def _base_name(base, tensors: Mapping) -> str:
-    from ..models.networks.controlnet_checkpoint import base_from_weights
-
     return as_base(base).name if base else base_from_weights(tensors).name
 
 
 def _write_folder(folder: str, config: dict, tensors: dict, metadata: dict, fp16: bool, base: str) -> None:
     from safetensors.torch import save_file
-
-    from ..models.networks.controlnet_checkpoint import BASE_RECORD
 
     config = dict(config)
     config[BASE_RECORD] = base

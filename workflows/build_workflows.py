@@ -159,8 +159,9 @@ MODEL_NOTE = (
 
 
 def _sd2_background(g: Graph, image, object_mask, row0: float, strength: float = 1.0, seed: int = 42, title: str = "",
-                    checkpoint: str = SD2_INPAINT, controlnet_name: str = CONTROLNET):
-    """Checkpoint + prompts + salient ControlNet conditioning + sampler + decode. Returns (decoded, loaders)."""
+                    checkpoint: str = SD2_INPAINT, controlnet_name: str = CONTROLNET, candidates: int = 1):
+    """Checkpoint + prompts + salient ControlNet conditioning + sampler + decode (``candidates`` > 1: that many
+    seeds at once through Repeat Latent Batch). Returns (decoded, loaders)."""
     ckpt = g.add("CheckpointLoaderSimple", 2, row0, ckpt_name=checkpoint)
     controlnet = g.add("SalientBG_ControlNetLoader", 2, row0 + 4, controlnet=controlnet_name)
     positive = g.add("CLIPTextEncode", 3, row0, title="Prompt (the new background)", text=PROMPT)
@@ -175,7 +176,11 @@ def _sd2_background(g: Graph, image, object_mask, row0: float, strength: float =
     g.connect(ckpt, "MODEL", sampler, "model")
     g.connect(cond, "positive", sampler, "positive")
     g.connect(cond, "negative", sampler, "negative")
-    g.connect(cond, "latent", sampler, "latent_image")
+    latent = cond
+    if candidates > 1:
+        latent = g.add("RepeatLatentBatch", 4, row0 + 10, title="Candidates (seeds at once)", amount=candidates)
+        g.connect(cond, "latent", latent, "samples")
+    g.connect(latent, "latent" if latent is cond else 0, sampler, "latent_image")
     decode = g.add("VAEDecode", 6, row0)
     g.connect(sampler, 0, decode, "samples")
     g.connect(ckpt, "VAE", decode, "vae")
@@ -209,6 +214,97 @@ def paper_workflow(schemas, variant: str = "sd2") -> Graph:
     g.connect(decoded, 0, score, "generated_image")
     overlay = g.add("PreviewImage", 8, 8, title="Expansion overlay (green kept, red expansion, blue lost)")
     g.connect(score, "overlay", overlay, "images")
+    return g
+
+
+GATE_CANDIDATES = 4
+GATE_NOTE = (
+    "Quality gate: the {count} candidates (seeds at once, Repeat Latent Batch) are scored with the object-expansion "
+    "score (SAM, one image embedding each) and ranked, least expanded first; the best one is restored to the "
+    "photo's size and saved, all of them are previewed in rank order. The gate's scores (JSON) are shown on the "
+    "node and in Preview Any; an image passes when its expansion is at most max_expansion (0.05 = 5 % of the object's area) and "
+    "gate_failed says that none did: queue again (the sampler's seed) for new candidates.\n"
+)
+
+
+def _gate_tail(g: Graph, decoded, frame, photo, column: float, row: float, prefix: str) -> None:
+    """Quality gate on the decoded candidates: the best restored and saved, every candidate previewed ranked."""
+    sam = g.add("SalientBG_SAMLoader", column, row + 8, sam_name=SAM_CKPT)
+    quality_gate = g.add("SalientBG_QualityGate", column, row)
+    g.connect(sam, 0, quality_gate, "sam")
+    g.connect(decoded, 0, quality_gate, "images")
+    g.connect(frame, "object_mask", quality_gate, "object_mask")
+    restore = g.add("SalientBG_RestoreFrame", column + 1, row)
+    g.connect(quality_gate, "best_image", restore, "image")
+    g.connect(frame, "frame", restore, "frame")
+    g.connect(photo, "IMAGE", restore, "original_image")
+    save = g.add("SaveImage", column + 2, row, title="Least expanded candidate", filename_prefix=prefix)
+    g.connect(restore, "image", save, "images")
+    ranked = g.add("PreviewImage", column + 1, row + 8, title="Every candidate, least expanded first")
+    g.connect(quality_gate, "ranked_images", ranked, "images")
+    scores = g.add("PreviewAny", column + 2, row + 8, title="Gate scores (JSON)")
+    g.connect(quality_gate, "scores_json", scores, "source")
+
+
+def _masked_photo(g: Graph, size: int):
+    """Photo -> salient mask -> framed into the ``size`` canvas. Returns (photo, frame)."""
+    photo = g.add("LoadImage", 0, 0, image=EXAMPLE_IMAGE)
+    salient_model = g.add("SalientBG_LoadSalientModel", 0, 9, checkpoint=SALIENT_CKPT)
+    salient = g.add("SalientBG_SalientMask", 1, 0)
+    g.connect(salient_model, 0, salient, "salient_model")
+    g.connect(photo, "IMAGE", salient, "image")
+    frame = g.add("SalientBG_FrameForSD2", 1, 8, title=f"Frame ({size})" if size != 512 else None, size=size)
+    g.connect(photo, "IMAGE", frame, "image")
+    g.connect(salient, "object_mask", frame, "object_mask")
+    return photo, frame
+
+
+def paper_gate_workflow(schemas) -> Graph:
+    """The paper's SD2 graph making 4 candidates at once, the least expanded kept."""
+    g = Graph(schemas, "The paper's workflow with a quality gate (4 candidates, the least expanded kept)")
+    g.note(0, -5, "The paper's workflow (SD2 inpainting + salient ControlNet, UniPC, 20 steps, CFG 7.5) with a quality "
+                  "gate. " + GATE_NOTE.format(count=GATE_CANDIDATES) + MODEL_NOTE, width=760, height=260)
+    photo, frame = _masked_photo(g, 512)
+    decoded, _, _ = _sd2_background(g, frame, frame, 0, candidates=GATE_CANDIDATES)
+    _gate_tail(g, decoded, frame, photo, 7, 0, "salient_background/paper_gate")
+    return g
+
+
+def sdxl_stock_gate_workflow(schemas) -> Graph:
+    """Stock SDXL inpainting (core nodes, no ControlNet), 4 candidates at once, the least expanded kept."""
+    g = Graph(schemas, "Stock SDXL inpainting with a quality gate (no ControlNet, 4 candidates)")
+    g.note(0, -5, "Stock SDXL inpainting, no ControlNet: ComfyUI's own InpaintModelConditioning repaints the "
+                  "background (the salient mask inverted: 1 = repaint) of the photo framed at 1024. No salient "
+                  "ControlNet is published for SDXL, so the gate is what guards the object here. "
+                  + GATE_NOTE.format(count=GATE_CANDIDATES) + "Models:\n"
+                  f"- {SDXL_INPAINT} -> models/checkpoints (diffusers/stable-diffusion-xl-1.0-inpainting-0.1 saved as "
+                  "one single-file checkpoint under this name, or pick your own SDXL inpainting checkpoint; "
+                  "CreativeML Open RAIL++-M)\n"
+                  f"- {SALIENT_CKPT} -> models/salient (InSPyReNet via transparent-background, MIT)\n"
+                  f"- {SAM_CKPT} -> models/sams (Meta SAM ViT-B, Apache-2.0)", width=760, height=300)
+    photo, frame = _masked_photo(g, 1024)
+    repaint = g.add("InvertMask", 1, 16, title="Repaint mask (1 = background)")
+    g.connect(frame, "object_mask", repaint, "mask")
+    ckpt = g.add("CheckpointLoaderSimple", 2, 0, ckpt_name=SDXL_INPAINT)
+    positive = g.add("CLIPTextEncode", 3, 0, title="Prompt (the new background)", text=PROMPT)
+    negative = g.add("CLIPTextEncode", 3, 6, title="Negative prompt", text=NEGATIVE)
+    g.connect(ckpt, "CLIP", positive, "clip")
+    g.connect(ckpt, "CLIP", negative, "clip")
+    cond = g.add("InpaintModelConditioning", 4, 0)
+    for source, output, name in ((positive, 0, "positive"), (negative, 0, "negative"), (ckpt, "VAE", "vae"),
+                                 (frame, "image", "pixels"), (repaint, 0, "mask")):
+        g.connect(source, output, cond, name)
+    repeat = g.add("RepeatLatentBatch", 4, 10, title="Candidates (seeds at once)", amount=GATE_CANDIDATES)
+    g.connect(cond, "latent", repeat, "samples")
+    sampler = g.add("KSampler", 5, 0, seed=42, steps=20, cfg=7.5, sampler_name="uni_pc", scheduler="normal")
+    g.connect(ckpt, "MODEL", sampler, "model")
+    g.connect(cond, "positive", sampler, "positive")
+    g.connect(cond, "negative", sampler, "negative")
+    g.connect(repeat, 0, sampler, "latent_image")
+    decode = g.add("VAEDecode", 6, 0)
+    g.connect(sampler, 0, decode, "samples")
+    g.connect(ckpt, "VAE", decode, "vae")
+    _gate_tail(g, decode, frame, photo, 7, 0, "salient_background/sdxl_gate")
     return g
 
 
@@ -367,6 +463,8 @@ WORKFLOWS = {
     "compare_si2_vs_controlnet": comparison_workflow,
     "product_shots_sam_crop_pasteback": product_workflow,
     "cutout_rgba_batch": cutout_workflow,
+    "background_generation_paper_gate": paper_gate_workflow,
+    "sdxl_inpainting_stock_gate": sdxl_stock_gate_workflow,
 }
 
 

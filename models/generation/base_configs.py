@@ -3,13 +3,13 @@
 Only configs, no weights: they let the pack reason about the real models without having them -- count their
 parameters on the ``meta`` device (the training memory plan), and check that the ControlNet the trainer would
 create from each real UNet is one ComfyUI can build (the tests). Values are those of the ``unet/``, ``vae/``,
-``text_encoder/`` (and ``text_encoder_2/``) configs of the repositories named in :mod:`models.generation.bases`.
+``text_encoder/`` (and ``text_encoder_2/``) configs of the repositories named in :mod:`models.bases`.
 """
 from __future__ import annotations
 
 import copy
 
-from .bases import InpaintingBase, as_base
+from ..bases import InpaintingBase, as_base
 
 _SD_UNET = {
     "act_fn": "silu", "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": False,

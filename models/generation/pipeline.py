@@ -1,10 +1,12 @@
-"""Standalone diffusers pipeline: Stable Diffusion 2 inpainting ("SI2") + the salient-aware ControlNet.
+"""Standalone diffusers pipeline: an inpainting model (SD2 inpainting, "SI2" in the paper; SD1.5; SDXL in
+:mod:`.pipeline_xl`) + the salient-aware ControlNet.
 
 The stock diffusers ControlNet-inpaint pipeline feeds the ControlNet only the 4 noisy latent channels and therefore
 fails on this checkpoint. Here, as in the reference (yahoo/photo-background-generation,
 ``pipeline_controlnet_inpaint.py``), the ControlNet receives **the same 9-channel tensor the UNet receives** (noisy
 latents, repaint mask, masked-image latents) and the hint is the soft inverted object mask. The per-step
-tensors come from :func:`models.inpaint_inputs.build_inpaint_inputs`, the one place the ComfyUI node uses too.
+tensors come from :func:`models.generation.inpaint_inputs.build_inpaint_inputs`, the one place the ComfyUI node
+uses too.
 
 Reference defaults: UniPC, 20 steps, CFG 7.5, ControlNet scale **1.0** (the reference pipeline's own default of 0.5
 is wrong for this model), nothing pasted back (the object passes through the VAE). ``controlnet_conditioning_scale=0``
@@ -18,26 +20,22 @@ Random numbers are drawn as the reference draws them -- the initial noise first,
 masked image, from the same generator(s) -- so the same seed gives the same image as the reference pipeline
 (tests/golden/pipeline_parity.npz pins that, measured max difference in the test module's docstring).
 
-Loading is offline only (``local_files_only=True``; nothing here touches the network): :func:`load_pipeline` takes the
-Hugging Face ``yahoo-inc/photo-background-generation`` folder, or SI2 -- a diffusers folder, or the original-layout
-single file ComfyUI loads (``512-inpainting-ema.safetensors``) plus the small config folder -- and a ControlNet in any
-form that :func:`models.controlnet_checkpoint.build_diffusers_controlnet` reads.
+Loading the models from files is :mod:`.loading`'s job (:func:`models.generation.loading.load_pipeline`), after the
+checks of :mod:`.model_plan`.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from ..bases import BASES
 from ..errors import CheckpointError, InputError
 from .inpaint_inputs import build_inpaint_inputs, latent_mask
-from .text_encoding import fix_token_length
 
 log = logging.getLogger("salient_background")
 
@@ -45,7 +43,6 @@ DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 7.5
 DEFAULT_CONTROLNET_SCALE = 1.0
 DEFAULT_SCHEDULER = "unipc"
-SI2_NAME = "Stable Diffusion 2 inpainting (stabilityai/stable-diffusion-2-inpainting, 512-inpainting-ema)"
 SCHEDULERS = {
     "unipc": "UniPCMultistepScheduler",
     "ddim": "DDIMScheduler",
@@ -53,7 +50,9 @@ SCHEDULERS = {
     "euler": "EulerDiscreteScheduler",
     "dpm++": "DPMSolverMultistepScheduler",
 }
-SI2_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+# what to use when the UNet is no inpainting one (SD2's single file is the paper's model)
+INPAINTING_MODELS = ", ".join(b.title + (" (512-inpainting-ema)" if b.single_file else "") for b in BASES.values())
 
 ImageInput = Union[torch.Tensor, np.ndarray, "PIL.Image.Image", Sequence["PIL.Image.Image"]]
 
@@ -139,9 +138,10 @@ def _diffusion_pipeline_base():
 
 
 class SalientBackgroundPipeline(_diffusion_pipeline_base()):
-    """SI2 + salient ControlNet (``controlnet`` may be None: the SI2 baseline).
+    """An inpainting model + salient ControlNet (``controlnet`` may be None: the base's plain inpainting, the SI2
+    baseline on SD2).
 
-    Call it with framed photos (height and width multiples of 8; see :mod:`models.framing`), their ``object_mask``
+    Call it with framed photos (height and width multiples of 8; see :mod:`models.imaging.framing`), their ``object_mask``
     (1 = object) and prompts. See the module docstring for what the networks receive.
     """
 
@@ -231,7 +231,7 @@ class SalientBackgroundPipeline(_diffusion_pipeline_base()):
 
     # -- the steps of __call__ -----------------------------------------------------------------------------------
     def _prepare_batch(self, image, object_mask, prompt, negative_prompt, n: int, generator) -> "_Batch":
-        """Inputs coerced and checked; the per-step tensors (models.inpaint_inputs) repeated per output."""
+        """Inputs coerced and checked; the per-step tensors (models.generation.inpaint_inputs) repeated per output."""
         device, dtype = self._execution_device, self.unet.dtype
         inputs = build_inpaint_inputs(as_image_batch(image), as_mask_batch(object_mask), layout="BHWC")
         b = inputs.hint.shape[0]
@@ -239,7 +239,7 @@ class SalientBackgroundPipeline(_diffusion_pipeline_base()):
         if height % self.vae_scale_factor or width % self.vae_scale_factor:
             raise InputError(
                 f"image size {height}x{width} (HxW) is not a multiple of {self.vae_scale_factor}; frame it first "
-                "(e.g. the 512x512 letterbox of models.framing.fit_transform)"
+                "(e.g. the 512x512 letterbox of models.imaging.framing.fit_transform)"
             )
         prompts = _as_list(prompt, b, "prompt")
         negatives = _as_list(negative_prompt, b, "negative prompt")
@@ -396,7 +396,7 @@ def _check_call_settings(steps: int, per_prompt: int, control_start: float, cont
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# checks and loading
+# checks and the scheduler
 # ---------------------------------------------------------------------------------------------------------------
 def check_components(unet, controlnet=None) -> None:
     """Fail with a fixing message when the UNet is not a 9-channel inpainting UNet or the ControlNet does not fit it."""
@@ -404,7 +404,7 @@ def check_components(unet, controlnet=None) -> None:
     if in_ch != 9:
         raise CheckpointError(
             f"the UNet has {in_ch} input channels; this pipeline needs a 9-channel inpainting UNet "
-            f"(4 noisy + 1 mask + 4 masked-image latents). Use {SI2_NAME}."
+            f"(4 noisy + 1 mask + 4 masked-image latents). Use an inpainting model ({INPAINTING_MODELS})."
         )
     if controlnet is None:
         return
@@ -412,18 +412,19 @@ def check_components(unet, controlnet=None) -> None:
     if cn_in != 9:
         raise CheckpointError(
             f"the ControlNet takes {cn_in} input channels; the salient-aware ControlNet takes the UNet's 9-channel input. "
-            "Use the released yahoo-inc/photo-background-generation ControlNet (or one trained with this pack)."
+            "Use a salient ControlNet trained for the UNet's base (the released yahoo-inc/photo-background-generation "
+            "one for SD2 inpainting, or one trained with this pack)."
         )
     u_ctx, c_ctx = unet.config.cross_attention_dim, controlnet.config.cross_attention_dim
     if u_ctx != c_ctx:
         raise CheckpointError(
             f"the ControlNet's cross-attention width is {c_ctx} but the UNet's is {u_ctx}: they are not for the same base "
-            f"model. The salient ControlNet belongs to {SI2_NAME} (width 1024)."
+            "model. A salient ControlNet only steers the inpainting UNet it was trained on."
         )
     if tuple(unet.config.block_out_channels) != tuple(controlnet.config.block_out_channels):
         raise CheckpointError(
             f"the ControlNet's block widths {tuple(controlnet.config.block_out_channels)} differ from the UNet's "
-            f"{tuple(unet.config.block_out_channels)}: they are not for the same base model ({SI2_NAME})."
+            f"{tuple(unet.config.block_out_channels)}: they are not for the same base model."
         )
 
 
@@ -437,263 +438,14 @@ def make_scheduler(name: str, config: dict):
     return getattr(diffusers, SCHEDULERS[key]).from_config(config)
 
 
-def _require_folder(root: str, sub: str, what: str) -> str:
-    path = os.path.join(root, sub)
-    if not os.path.isdir(path):
-        raise CheckpointError(
-            f"{what} {root!r} has no '{sub}/' folder. Expected a diffusers pipeline folder with "
-            f"{', '.join(s + '/' for s in SI2_SUBFOLDERS)} (e.g. a local copy of stabilityai/stable-diffusion-2-inpainting "
-            "or yahoo-inc/photo-background-generation)."
-        )
-    return path
+def __getattr__(name: str):
+    """The loaders moved to :mod:`.loading` and :mod:`.model_plan`; these names still reach them while the commands
+    move over (to be removed then)."""
+    moved = {"load_pipeline": ("loading", "load_pipeline"), "load_controlnet": ("loading", "load_controlnet"),
+             "validate_si2_path": ("model_plan", "validate_base_model_path")}
+    if name not in moved:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-
-# -- the single-file checkpoint (what ComfyUI's Load Checkpoint reads) -----------------------------------------
-SI2_SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-# The small files of the diffusers folder that say how to build the networks the single file holds. They are the
-# registry's "sd2-configs" download (python -m salient_background download sd2-configs) and sit in
-# <models>/diffusers/stable-diffusion-2-inpainting/, next to ComfyUI's <models>/checkpoints/.
-SI2_CONFIG_DIRNAME = "stable-diffusion-2-inpainting"
-SI2_CONFIG_FILES = (
-    "unet/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer/vocab.json", "tokenizer/merges.txt",
-    "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json",
-)
-_LDM_UNET_INPUT = "model.diffusion_model.input_blocks.0.0.weight"
-
-
-def si2_config_candidates(checkpoint_path: str) -> list[str]:
-    """Where the config folder of a single-file checkpoint is looked for, in order: beside the file, then the
-    ComfyUI layout (<models>/checkpoints/FILE -> <models>/diffusers/stable-diffusion-2-inpainting)."""
-    folder = os.path.dirname(os.path.abspath(checkpoint_path))
-    return [os.path.join(folder, SI2_CONFIG_DIRNAME), os.path.join(os.path.dirname(folder), "diffusers", SI2_CONFIG_DIRNAME)]
-
-
-def _missing_config_files(folder: str) -> list[str]:
-    return [f for f in SI2_CONFIG_FILES if not os.path.isfile(os.path.join(folder, *f.split("/")))]
-
-
-def find_si2_config_dir(checkpoint_path: str, config_dir: Optional[str] = None) -> str:
-    """The folder holding :data:`SI2_CONFIG_FILES` for ``checkpoint_path`` (``config_dir`` when given), or a
-    :class:`CheckpointError` naming the download command. A full diffusers SD2-inpainting folder qualifies too."""
-    candidates = [os.fspath(config_dir)] if config_dir else si2_config_candidates(checkpoint_path)
-    partial = None
-    for folder in candidates:
-        if os.path.isdir(folder):
-            missing = _missing_config_files(folder)
-            if not missing:
-                return folder
-            partial = partial or (folder, missing)
-    models_dir = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint_path)))
-    command = f"python -m salient_background download sd2-configs --models-dir {models_dir}"
-    found = f"; {partial[0]!r} lacks {', '.join(partial[1])}" if partial else ""
-    raise CheckpointError(
-        f"the single-file checkpoint {checkpoint_path!r} needs the small config and tokenizer files of "
-        f"stabilityai/stable-diffusion-2-inpainting (~1.6 MB), looked for in {' and '.join(map(repr, candidates))}"
-        f"{found}. Get them with: {command}"
-    )
-
-
-def validate_si2_path(path: str, config_dir: Optional[str] = None) -> str:
-    """Cheap check (no weights read) of an SD2-inpainting model path: a diffusers folder, or a single-file
-    checkpoint (``.safetensors`` / ``.ckpt``) whose config folder is found. Returns "folder" or "single_file";
-    raises a :class:`CheckpointError` that says what to fix."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        from .base_model import base_of_model
-
-        _require_folder(path, "unet", "the inpainting model folder")
-        base = base_of_model(path)  # unet/config.json: SD2, SD1.5 or SDXL inpainting
-        extra = ("text_encoder_2", "tokenizer_2") if base.text_encoders == 2 else ()
-        for sub in SI2_SUBFOLDERS + extra:
-            _require_folder(path, sub, f"the {base.title} folder")
-        return "folder"
-    if os.path.isfile(path):
-        if not path.lower().endswith(SI2_SINGLE_FILE_SUFFIXES):
-            raise CheckpointError(
-                f"{path!r} is not an SD2-inpainting checkpoint: give 512-inpainting-ema.safetensors (or .ckpt), or "
-                "the diffusers folder of stabilityai/stable-diffusion-2-inpainting"
-            )
-        from .base_model import base_of_model
-
-        base = base_of_model(path)
-        if base.name != "sd2-inpainting":
-            raise CheckpointError(
-                f"{path!r} is a {base.title} single file; the pipeline reads that base from its diffusers folder "
-                f"({base.diffusers_repo}, see `python -m salient_background download --list`)")
-        find_si2_config_dir(path, config_dir)
-        return "single_file"
-    raise CheckpointError(
-        f"SD2-inpainting model not found: {path!r}. Give the single-file checkpoint 512-inpainting-ema.safetensors "
-        "(the one in ComfyUI's models/checkpoints) or the local diffusers folder of "
-        "stabilityai/stable-diffusion-2-inpainting (or of yahoo-inc/photo-background-generation), downloaded beforehand."
-    )
-
-
-def _read_single_file(path: str) -> dict:
-    from diffusers.loaders.single_file_utils import load_single_file_checkpoint
-
-    try:
-        checkpoint = load_single_file_checkpoint(path, local_files_only=True)
-    except Exception as exc:  # a truncated or foreign file: safetensors, pickle and torch raise many kinds
-        raise CheckpointError(f"could not read the checkpoint {path!r}: {type(exc).__name__}: {exc}") from exc
-    first = checkpoint.get(_LDM_UNET_INPUT)
-    if first is None or "cond_stage_model.model.token_embedding.weight" not in checkpoint:
-        raise CheckpointError(
-            f"{path!r} is not a Stable Diffusion 2 checkpoint in the original layout (no model.diffusion_model.* UNet "
-            f"or cond_stage_model.model.* OpenCLIP text encoder). Use {SI2_NAME}."
-        )
-    if first.shape[1] != 9:
-        raise CheckpointError(
-            f"the UNet in {path!r} has {first.shape[1]} input channels; this pipeline needs a 9-channel inpainting "
-            f"UNet. Use {SI2_NAME}."
-        )
-    return checkpoint
-
-
-def _load_si2_single_file(path: str, config_dir: str, dtype: torch.dtype):
-    """(vae, text_encoder, tokenizer, unet) from an original-layout single file, converted by diffusers with the
-    configs of ``config_dir``; every call is local_files_only, so nothing reaches the network."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    checkpoint = _read_single_file(path)
-    offline = dict(config=config_dir, torch_dtype=dtype, local_files_only=True)
-    try:
-        unet = UNet2DConditionModel.from_single_file(checkpoint, subfolder="unet", **offline)
-        vae = AutoencoderKL.from_single_file(checkpoint, subfolder="vae", **offline)
-        text_encoder = create_diffusers_clip_model_from_ldm(CLIPTextModel, checkpoint, subfolder="text_encoder", **offline)
-        tokenizer = CLIPTokenizer.from_pretrained(os.path.join(config_dir, "tokenizer"), local_files_only=True)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise CheckpointError(
-            f"could not load the single-file checkpoint {path!r} with the configs in {config_dir!r}: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
-    return vae, text_encoder, tokenizer, unet
-
-
-def _load_si2_folder(path: str, dtype: torch.dtype):
-    """(vae, text_encoder, tokenizer, unet) from a diffusers SD2-inpainting folder, offline."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    try:
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, local_files_only=True)
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, local_files_only=True)
-        text_encoder = CLIPTextModel.from_pretrained(
-            os.path.join(path, "text_encoder"), dtype=dtype, local_files_only=True
-        )
-        tokenizer = CLIPTokenizer.from_pretrained(os.path.join(path, "tokenizer"), local_files_only=True)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"could not load the SD2-inpainting folder {path!r}: {type(exc).__name__}: {exc}") from exc
-    return vae, text_encoder, tokenizer, unet
-
-
-def load_si2_components(
-    path: str, *, dtype: torch.dtype = torch.float32, scheduler: str = DEFAULT_SCHEDULER, config_dir: Optional[str] = None
-):
-    """(vae, text_encoder, tokenizer, unet, scheduler) from a local diffusers SD2-inpainting folder or the
-    original-layout single file (``512-inpainting-ema.safetensors`` / ``.ckpt``, fp32 or fp16; loaded in ``dtype``)
-    plus its config folder (``config_dir``, else found by :func:`find_si2_config_dir`). Offline."""
-    path = os.fspath(path)
-    if validate_si2_path(path, config_dir) == "single_file":
-        config_dir = find_si2_config_dir(path, config_dir)
-        vae, text_encoder, tokenizer, unet = _load_si2_single_file(path, config_dir, dtype)
-    else:
-        config_dir = path
-        vae, text_encoder, tokenizer, unet = _load_si2_folder(path, dtype)
-    fix_token_length(tokenizer)
-    with open(os.path.join(config_dir, "scheduler", "scheduler_config.json")) as fh:
-        sched = make_scheduler(scheduler, json.load(fh))
-    return vae.eval(), text_encoder.eval(), tokenizer, unet.eval(), sched
-
-
-# ControlNet settings that ``from_unet`` copies from the UNet and that weights cannot reveal
-_UNET_SETTINGS_NOT_IN_WEIGHTS = (
-    "attention_head_dim", "num_attention_heads", "norm_num_groups", "norm_eps", "flip_sin_to_cos", "freq_shift",
-    "act_fn", "upcast_attention", "resnet_time_scale_shift", "only_cross_attention", "mid_block_scale_factor",
-    "downsample_padding", "class_embed_type", "num_class_embeds", "projection_class_embeddings_input_dim",
-)
-
-
-def load_controlnet(path: str, *, dtype: torch.dtype = torch.float32, unet=None, base=None):
-    """The salient ControlNet from any released form (folder, single file, .pth) as a diffusers ``ControlNetModel``.
-
-    ``unet``: the UNet it will steer. Its cross-attention width is checked, and for a checkpoint without a config
-    (the released ``.pth``) its head counts and norm groups are used (the ControlNet is ``from_unet`` of it).
-    ``base``: the UNet's inpainting base; a ControlNet of another base is an error naming both."""
-    from ..networks.controlnet_checkpoint import build_diffusers_controlnet
-
-    width, settings = 1024, None
-    if unet is not None:
-        width = unet.config.cross_attention_dim
-        settings = {k: unet.config[k] for k in _UNET_SETTINGS_NOT_IN_WEIGHTS if k in unet.config}
-    model = build_diffusers_controlnet(os.fspath(path), cross_attention_dim=width, default_config=settings, base=base)
-    if dtype != torch.float32:
-        model.to(dtype=dtype)
-    return model.eval()
-
-
-def load_pipeline(
-    pipeline_path: Optional[str] = None,
-    *,
-    si2_path: Optional[str] = None,
-    controlnet_path: Optional[str] = None,
-    use_controlnet: bool = True,
-    device: Union[str, torch.device, None] = None,
-    dtype: torch.dtype = torch.float32,
-    scheduler: str = DEFAULT_SCHEDULER,
-    si2_config: Optional[str] = None,
-) -> SalientBackgroundPipeline:
-    """Build the pipeline from local files only.
-
-    * ``pipeline_path``: the ``yahoo-inc/photo-background-generation`` layout (SI2 subfolders + ``controlnet/``);
-      ``controlnet_path`` overrides its ``controlnet/``.
-    * or ``si2_path`` (an SD2-inpainting diffusers folder, or the single file ``512-inpainting-ema.safetensors``
-      that ComfyUI loads, with its config folder ``si2_config`` or one found beside it, see
-      :func:`find_si2_config_dir`) + ``controlnet_path`` (folder, ``.safetensors`` or ``.pth``).
-    * ``use_controlnet=False``: the SI2 baseline, no ControlNet loaded.
-    """
-    if pipeline_path and si2_path:
-        raise InputError("give either a pipeline folder or an SD2-inpainting folder, not both")
-    base = pipeline_path or si2_path
-    if not base:
-        raise InputError(
-            "no model given: pass the photo-background-generation pipeline folder, or an SD2-inpainting folder "
-            "together with a ControlNet checkpoint"
-        )
-    from .base_model import base_of_model, check_controlnet_fits
-
-    validate_si2_path(base, si2_config)  # layout and config files first: those errors say what to fix
-    model_base = base_of_model(base)  # read from unet/config.json or the file's keys, before any weights
-    if use_controlnet:
-        check_controlnet_fits(model_base, controlnet_path or (os.path.join(pipeline_path, "controlnet")
-                                                               if pipeline_path else None))
-    if model_base.xl_pipeline:
-        from .pipeline_xl import load_xl_pipeline
-
-        return load_xl_pipeline(base, controlnet_path=controlnet_path, use_controlnet=use_controlnet, device=device,
-                                dtype=dtype, scheduler=scheduler)
-    vae, text_encoder, tokenizer, unet, sched = load_si2_components(
-        base, dtype=dtype, scheduler=scheduler, config_dir=si2_config
-    )
-    controlnet = None
-    if use_controlnet:
-        cn_path = controlnet_path
-        if cn_path is None and pipeline_path:
-            cn_path = os.path.join(pipeline_path, "controlnet")
-            if not os.path.isdir(cn_path):
-                raise CheckpointError(
-                    f"{pipeline_path!r} has no 'controlnet/' folder: it is not the photo-background-generation layout. "
-                    "Pass the ControlNet checkpoint separately, or run the SI2 baseline (ControlNet scale 0)."
-                )
-        if cn_path is None:
-            raise InputError(
-                "no ControlNet given: pass the salient ControlNet checkpoint (folder, .safetensors or .pth), "
-                "or run the SI2 baseline (ControlNet scale 0)"
-            )
-        controlnet = load_controlnet(cn_path, dtype=dtype, unet=unet, base=model_base)
-    pipe = SalientBackgroundPipeline(vae, text_encoder, tokenizer, unet, sched, controlnet=controlnet)
-    if device is not None:
-        pipe.to(device)
-    return pipe
+    module, attribute = moved[name]
+    return getattr(importlib.import_module(f"{__package__}.{module}"), attribute)

@@ -11,18 +11,15 @@ the hint is the soft inverted object mask, the same random draws); SDXL adds, as
   crop_left, target_h, target_w]`` = ``[H, W, 0, 0, H, W]`` of the framed canvas. It reaches both networks through a
   forward pre-hook for the duration of a call, so the denoising step is the SD2 one, unchanged;
 * the VAE stays in float32 whatever the pipeline's precision (SDXL's VAE overflows in fp16).
+
+Its models are loaded by :mod:`.loading` (:func:`models.generation.loading.load_xl_components`).
 """
 from __future__ import annotations
 
-import json
-import os
-from typing import Optional, Union
-
 import torch
 
-from ..errors import CheckpointError, InputError
-from .pipeline import DEFAULT_SCHEDULER, SalientBackgroundPipeline, check_components, load_controlnet, make_scheduler
-from .text_encoding import encode_texts_xl, fix_token_length
+from .pipeline import SalientBackgroundPipeline, check_components
+from .text_encoding import encode_texts_xl
 
 
 class SalientBackgroundXLPipeline(SalientBackgroundPipeline):
@@ -87,57 +84,3 @@ class SalientBackgroundXLPipeline(SalientBackgroundPipeline):
             for handle in handles:
                 handle.remove()
             self._pooled = self._added_cond = None
-
-
-def _load_xl_parts(path: str, dtype: torch.dtype):
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    offline = dict(local_files_only=True)
-    try:
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, **offline)
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32, **offline)
-        text_encoder = CLIPTextModel.from_pretrained(os.path.join(path, "text_encoder"), dtype=dtype, **offline)
-        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(os.path.join(path, "text_encoder_2"), dtype=dtype,
-                                                                     **offline)
-        tokenizers = [fix_token_length(CLIPTokenizer.from_pretrained(os.path.join(path, sub), **offline))
-                      for sub in ("tokenizer", "tokenizer_2")]
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"could not load the SDXL-inpainting folder {path!r}: {type(exc).__name__}: {exc}") from exc
-    return vae.eval(), text_encoder.eval(), text_encoder_2.eval(), tokenizers, unet.eval()
-
-
-def load_xl_pipeline(path: str, *, controlnet_path: Optional[str] = None, use_controlnet: bool = True,
-                     device: Union[str, torch.device, None] = None, dtype: torch.dtype = torch.float32,
-                     scheduler: str = DEFAULT_SCHEDULER) -> SalientBackgroundXLPipeline:
-    """The SDXL pipeline from a local diffusers SDXL-inpainting folder (offline) and a salient ControlNet trained on
-    it (``controlnet_path``, else the folder's ``controlnet/``; ``use_controlnet=False``: none)."""
-    from .bases import BASES
-
-    path = os.fspath(path)
-    if use_controlnet and controlnet_path is None:
-        controlnet_path = os.path.join(path, "controlnet")
-        if not os.path.isdir(controlnet_path):
-            raise InputError(f"no ControlNet given and {path!r} has no 'controlnet/' folder: pass a salient ControlNet "
-                             "trained on SDXL inpainting, or run the inpainting baseline (ControlNet scale 0)")
-    vae, text_encoder, text_encoder_2, (tokenizer, tokenizer_2), unet = _load_xl_parts(path, dtype)
-    with open(os.path.join(path, "scheduler", "scheduler_config.json"), encoding="utf-8") as fh:
-        sched = make_scheduler(scheduler, json.load(fh))
-    controlnet = None
-    if use_controlnet:
-        controlnet = load_controlnet(controlnet_path, dtype=dtype, unet=unet, base=BASES["sdxl-inpainting"])
-    force_zeros = _model_index(path).get("force_zeros_for_empty_prompt", True)
-    pipe = SalientBackgroundXLPipeline(vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, sched,
-                                       controlnet=controlnet, force_zeros_for_empty_prompt=bool(force_zeros))
-    if device is not None:
-        pipe.to(device)
-        pipe.vae.to(dtype=torch.float32)
-    return pipe
-
-
-def _model_index(folder: str) -> dict:
-    index = os.path.join(folder, "model_index.json")
-    if not os.path.isfile(index):
-        return {}
-    with open(index, encoding="utf-8") as fh:
-        return json.load(fh)

@@ -16,9 +16,10 @@ beside it, a ``config`` entry in the safetensors metadata, and finally inference
 number of attention heads cannot be read from weights: the base's are assumed -- 64 channels per head for SD2 and
 SDXL, 8 heads for SD1.5).
 
-Every file is for one inpainting base (:mod:`models.generation.bases`: SD2, SD1.5 or SDXL inpainting). Our exports
-record it (``salient_base`` in ``config.json`` and in the safetensors metadata); for a file without the record (the
-paper's release) it is read from the weights. :func:`controlnet_base` says which; the messages name it.
+Every file is for one inpainting base (:mod:`models.bases`: SD2, SD1.5 or SDXL inpainting). Our exports record it
+(``salient_base`` in ``config.json`` and in the safetensors metadata); for a file without the record (the paper's
+release) it is read from the weights. :func:`controlnet_base` says which (:func:`controlnet_base_cheaply` without
+reading weights); the messages name it, and say how to get a ControlNet for the base that was wanted.
 
 Everything is validated as a 9-input-channel ControlNet of its base (:func:`validate_salient_controlnet`); errors
 name what was found. No diffusers import unless :func:`build_diffusers_controlnet` is called (ComfyUI does not need
@@ -42,10 +43,9 @@ from .comfy_keys import (
     looks_like_comfy_controlnet,
     looks_like_diffusers_controlnet,
 )
-from ..errors import CheckpointError, InputError
-from ..generation.bases import (BASES, InpaintingBase, as_base, base_for_state_dict, base_for_structure,
-                                has_added_embedding)
-from ..model_files.model_registry import where_to_get
+from ..bases import (BASE_RECORD, BASES, InpaintingBase, as_base, base_from_weights, base_of_controlnet_config,
+                     how_to_get_any_controlnet, how_to_get_controlnet)
+from ..errors import CheckpointError
 
 log = logging.getLogger("salient_background")
 
@@ -53,12 +53,12 @@ SD2_CROSS_ATTENTION_DIM = 1024
 SALIENT_IN_CHANNELS = 9
 HINT_CHANNELS = 3
 SD2_HEAD_SIZE = 64
-BASE_RECORD = "salient_base"  # where our exports record their base: config.json and the safetensors metadata
 FILE_BASE = "file's base"  # the default width check: the width of the base the file is for
 WHAT = "salient ControlNet"
-# the model registry is the one source of "where to get this file"
-WHERE_TO_GET = ("The paper's ControlNet (also loadable: controlnet_inpainting_salient_aware.pth from the authors' "
-                "release). " + where_to_get("controlnet"))
+# where a ControlNet of a base not known yet comes from, per base (the model registry and the base table say it);
+# a file of a known base gets :func:`models.bases.how_to_get_controlnet` of that base instead
+WHERE_TO_GET = (how_to_get_any_controlnet() + " (The paper's ControlNet also loads as "
+                "controlnet_inpainting_salient_aware.pth from the authors' release.)")
 
 # The SD2-inpainting ControlNet as the paper made it (ControlNetModel.from_unet of 512-inpainting-ema)
 SD2_SALIENT_CONTROLNET_CONFIG = {
@@ -181,19 +181,6 @@ def _recorded_base(config: Optional[Mapping], weight_files: list[str]) -> Option
     return BASES[name]
 
 
-def base_from_weights(state_dict: Mapping) -> InpaintingBase:
-    """The base a ControlNet state dict (diffusers or ComfyUI keys) is for, from its weights: its context width and
-    added conditioning when they are a released base's, else its structure (added conditioning -> SDXL, linear
-    attention projections -> SD2, convolutional ones -> SD1.5)."""
-    try:
-        return base_for_state_dict(state_dict)
-    except InputError:
-        proj = next((v for k, v in state_dict.items() if k.endswith("proj_in.weight")), None)
-        added = "text_time" if has_added_embedding(state_dict) else None
-        return base_for_structure(added_conditioning=added,
-                                  use_linear_projection=None if proj is None else proj.ndim == 2)
-
-
 def controlnet_base(path_or_state_dict: Union[str, os.PathLike, Mapping]) -> InpaintingBase:
     """The inpainting base a salient ControlNet (any accepted path, or a state dict) is for: the base our export
     recorded, else the one its weights show."""
@@ -208,6 +195,40 @@ def controlnet_base(path_or_state_dict: Union[str, os.PathLike, Mapping]) -> Inp
     for wf in weight_files:
         state.update(normalize_controlnet_state_dict(load_state_dict(wf, what=WHAT), source=f"{WHAT} {wf!r}"))
     return base_from_weights(state)
+
+
+def controlnet_base_cheaply(path: Union[str, os.PathLike]) -> Optional[InpaintingBase]:
+    """The base of a salient ControlNet path from what is cheap to read -- its config (``salient_base`` record or
+    widths), the safetensors metadata or header shapes -- or None when only loading the weights could tell (a
+    ``.pth`` pickle without a config). Paths that are not a ControlNet give None too: the loader explains those."""
+    try:
+        weight_files, folder_config, _ = resolve_controlnet_path(os.fspath(path))
+        recorded = _recorded_base(folder_config, weight_files)
+    except CheckpointError:
+        return None
+    if recorded is not None:
+        return recorded
+    if folder_config is not None:
+        return base_of_controlnet_config(folder_config)
+    if len(weight_files) == 1:
+        config = _config_beside(weight_files[0]) or _config_in_metadata(weight_files[0])
+        found = base_of_controlnet_config(config) if config else None
+        if found is not None:
+            return found
+    if all(f.lower().endswith(SAFETENSORS_SUFFIXES) for f in weight_files):
+        shapes: dict = {}
+        for f in weight_files:
+            shapes.update(_safetensors_shapes(f))
+        return base_from_weights(shapes)
+    return None
+
+
+def _safetensors_shapes(path: str) -> dict:
+    """{key: meta tensor of the stored shape} of a safetensors file, read from its header only."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as fh:
+        return {k: torch.empty(fh.get_slice(k).get_shape(), device="meta") for k in fh.keys()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -379,15 +400,16 @@ def validate_salient_controlnet(
     width = _width_problem(state_dict, cross_attention_dim, found)
     if width:
         problems.append(width)
-    if base is not None and as_base(base).name != found.name:
-        problems.append(f"it is for {found.title} ({found.name}), not {as_base(base).title}")
+    wanted = as_base(base) if base is not None else None
+    if wanted is not None and wanted.name != found.name:
+        problems.append(f"it is for {found.title} ({found.name}), not {wanted.title}")
     if config.get("in_channels") is not None and in_ch is not None and int(config["in_channels"]) != in_ch:
         problems.append(f"its config says in_channels={config['in_channels']} but the weights take {in_ch}")
     problems += _key_problems(state_dict, config)
     if problems:
         raise CheckpointError(
             f"{source} is not a usable salient-aware (9-channel {found.title}) ControlNet: " + "; ".join(problems)
-            + ". " + WHERE_TO_GET
+            + ". " + how_to_get_controlnet(wanted or found)
         )
     return found
 

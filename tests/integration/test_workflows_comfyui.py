@@ -56,7 +56,9 @@ TIMEOUT = 1500
 WORKFLOWS = sorted(p.name for p in API_DIR.glob("*.json"))
 EXPECTED_WORKFLOWS = {"cutout_rgba_batch.json", "background_generation_paper.json",
                       "background_generation_paper_sd15.json", "background_generation_paper_sdxl.json",
-                      "compare_si2_vs_controlnet.json", "product_shots_sam_crop_pasteback.json"}
+                      "compare_si2_vs_controlnet.json", "product_shots_sam_crop_pasteback.json",
+                      # run by test_gate_comfyui.py
+                      "background_generation_paper_gate.json", "sdxl_inpainting_stock_gate.json"}
 BASE_MODELS_DIR = Path(os.environ.get("SB_BASE_MODELS_DIR") or Path(tempfile.gettempdir()) / "sb_base_models")
 # the names the SD1.5 / SDXL workflows use -> the random files make_base_models.py writes
 BASE_VARIANT_FILES = {

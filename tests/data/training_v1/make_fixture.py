@@ -116,11 +116,11 @@ def run(config) -> object:
 
 def caption_table_digest(root: str) -> str:
     """Digest of the caption-embedding table the trainer builds for this dataset (fp32, CPU)."""
-    from salient_background.models.generation.pipeline import load_si2_components
+    from salient_background.models.generation.loading import load_components
     from salient_background.training.data import read_manifest
     from salient_background.training.train import TextEmbeddingCache
 
-    _, text_encoder, tokenizer, _, _ = load_si2_components(os.path.join(root, "base_model"))
+    _, text_encoder, tokenizer, _, _ = load_components(os.path.join(root, "base_model"))
     captions = [c for r in read_manifest(os.path.join(root, "dataset")) for c in r["captions"] if c]
     cache = TextEmbeddingCache(text_encoder, tokenizer, captions, "cpu", torch.float32)
     return digest({t: cache.table[i] for t, i in cache.index.items()})
