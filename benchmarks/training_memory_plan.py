@@ -143,7 +143,7 @@ def _efficient_attention():
 
 def _training_forward(base: str, checkpointing: str) -> tuple[_SavedTensorLedger, set]:
     """One training forward (ControlNet, then the UNet with its residuals) on meta tensors, batch 1, fp32."""
-    from salient_background.models.generation.bases import get_base
+    from salient_background.models.bases import get_base
 
     configs, unet, controlnet, _, _ = _meta_models(base)
     px = get_base(base).resolution

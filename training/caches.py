@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from ..models.generation.bases import DEFAULT_BASE
+from ..models.bases import DEFAULT_BASE
 from ..models.generation.text_encoding import embed_token_ids, embed_token_ids_xl, tokenize
 from . import data as tdata
 
