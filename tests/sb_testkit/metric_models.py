@@ -103,7 +103,9 @@ def write_tiny_dinov2(folder: str, seed: int = 0, image_size: int = 28) -> str:
     model = randomize_all_tensors(Dinov2Model(config), seed)
     folder = os.path.join(folder, DINO_DIR)
     model.save_pretrained(folder)
-    BitImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+    # DINOv2's processor: short side to 256/224 of the crop size, then a centre crop (as facebook/dinov2-base's)
+    BitImageProcessor(size={"shortest_edge": round(image_size * 256 / 224)},
+                      crop_size={"height": image_size, "width": image_size},
                       do_convert_rgb=True, image_mean=[0.485, 0.456, 0.406],
                       image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
     return folder
