@@ -27,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))  # sb_testkit and the package import shim
 
 import conftest  # noqa: E402,F401  (registers the package as salient_background when not installed)
-from salient_background.models.generation.pipeline import load_pipeline  # noqa: E402
+from salient_background.models.generation.loading import load_pipeline  # noqa: E402
 from salient_background.models.networks.sam import load_sam  # noqa: E402
 from salient_background.models.scoring import gate  # noqa: E402
 from sb_testkit.diffusers_models import TINY_IMAGE_SIZE, build_tiny_sd_models  # noqa: E402
