@@ -315,15 +315,15 @@ def how_to_get_controlnet(base: Union[str, InpaintingBase]) -> str:
 
 
 def how_to_get_any_controlnet() -> str:
-    """Where a salient ControlNet comes from when its base is not known yet (a file that is not there): per base."""
-    published = [b for b in BASES.values() if b.published_controlnet]
+    """Where a salient ControlNet comes from when its base is not known yet (a file that is not there): per base,
+    the bases that can only be trained first."""
     trained = [b for b in BASES.values() if not b.published_controlnet]
-    text = " ".join(how_to_get_controlnet(b) for b in published)
+    text = ""
     if trained:
-        text += (f" For {' or '.join(b.title for b in trained)} none is published: a ControlNet for them can only be "
-                 f"trained, with {TRAIN_COMMAND.format(name='<' + '|'.join(b.name for b in trained) + '>')}, then "
-                 f"exported into the ControlNet folder with {EXPORT_COMMAND}.")
-    return text
+        text = (f"A salient ControlNet for {' or '.join(b.title for b in trained)} is not published: it can only be "
+                f"trained, with {TRAIN_COMMAND.format(name='<' + '|'.join(b.name for b in trained) + '>')}, then "
+                f"exported into the ControlNet folder with {EXPORT_COMMAND}. ")
+    return text + " ".join(how_to_get_controlnet(b) for b in BASES.values() if b.published_controlnet)
 
 
 def base_mismatch_message(controlnet_base: InpaintingBase, model_base: Optional[InpaintingBase], *,

@@ -35,7 +35,7 @@ from ..models.networks.controlnet_checkpoint import (
 from ..models.errors import CheckpointError, InputError
 from ..models.imaging.framing import FrameRecord
 from ..models import bases
-from ..models.bases import InpaintingBase
+from ..models.bases import InpaintingBase, base_mismatch_message, how_to_get_controlnet
 from ..models.generation.inpaint_inputs import build_inpaint_inputs, latent_mask
 from . import comfy_glue
 
@@ -94,16 +94,16 @@ def describe_sampled(base: Optional[InpaintingBase], width: Optional[int], model
 
 def check_same_base(controlnet_base: Optional[InpaintingBase], sampled: Optional[InpaintingBase], sampled_text: str,
                     what: str = "the sampled model") -> None:
-    """Raise :class:`BaseMismatchError` naming both bases when they differ (unknown ControlNet base: no check)."""
+    """Raise :class:`BaseMismatchError` naming both bases when they differ (unknown ControlNet base: no check); it
+    says what to load for the ControlNet, and how to get a ControlNet for the sampled model's base."""
     if controlnet_base is None or sampled is controlnet_base:
         return
-    other = (f"for {sampled.title} (python -m salient_background training train --base {sampled.name} trains one)"
-             if sampled is not None else "for that model")
-    raise BaseMismatchError(
-        f"this salient ControlNet is for {controlnet_base.title}, but {what} is {sampled_text}: load "
-        f"{inpainting_model_hint(controlnet_base)} with Load Checkpoint (and encode the prompts with its CLIP), or use "
-        f"a salient ControlNet trained {other}."
-    )
+    other = (f"for {sampled.title}. {how_to_get_controlnet(sampled)}" if sampled is not None
+             else "trained for that model.")
+    raise BaseMismatchError(base_mismatch_message(
+        controlnet_base, sampled, controlnet="this salient ControlNet", model=what, model_text=sampled_text,
+        fix=f"load {inpainting_model_hint(controlnet_base)} with Load Checkpoint (and encode the prompts with its "
+            f"CLIP), or use a salient ControlNet {other}"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -213,6 +213,14 @@ def controlnet_base_of(control_net) -> Optional[InpaintingBase]:
     return getattr(getattr(control_net, "control_model", None), "salient_base", None)
 
 
+def describe_controlnet_base(base: Optional[InpaintingBase], context_dim: Optional[int] = None) -> str:
+    """What the loader node shows: the base the ControlNet is for and what to sample it with."""
+    if base is None:
+        return f"salient ControlNet of no known base ({context_dim}-wide text conditioning)"
+    return (f"salient ControlNet for {base.title} ({base.name}): sample it with {inpainting_model_hint(base)} at "
+            f"{base.resolution} px")
+
+
 def load_salient_controlnet(path: str, cross_attention_dim=FILE_BASE):
     """Any accepted checkpoint form -> a stock ComfyUI ``ControlNet`` whose control model receives the concat.
 
@@ -255,13 +263,16 @@ class LoadSalientControlNet:
             }
         }
 
-    RETURN_TYPES = ("CONTROL_NET",)
-    RETURN_NAMES = ("control_net",)
+    RETURN_TYPES = ("CONTROL_NET", "STRING")
+    RETURN_NAMES = ("control_net", "base")
+    OUTPUT_TOOLTIPS = ("", "Which inpainting base the ControlNet is for (recorded by our export, else read from its "
+                           "weights) and what to sample it with; also shown on the node once it has run.")
     FUNCTION = "load"
     CATEGORY = GENERATE_CATEGORY
     DESCRIPTION = ("Loads the salient-aware ControlNet (9-channel; for SD2, SD1.5 or SDXL inpainting, read from its "
                    "weights) so that it receives the inpainting mask and masked-image latents like the UNet. Works "
-                   "with Salient ControlNet Conditioning and with the stock Apply ControlNet (Advanced).")
+                   "with Salient ControlNet Conditioning and with the stock Apply ControlNet (Advanced). The 'base' "
+                   "output says which base it read, before anything is sampled.")
 
     @classmethod
     def VALIDATE_INPUTS(cls, controlnet):
@@ -269,14 +280,19 @@ class LoadSalientControlNet:
 
     @staticmethod
     def resolve(controlnet: str) -> str:
-        """A diffusers folder in models/controlnet, else a weight file (missing -> the download command)."""
+        """A diffusers folder in models/controlnet, else a weight file (missing -> per base: the download command of
+        the published one, the training command for the others)."""
         path = comfy_glue.resolve_model_dir(CONTROLNET_FOLDER, controlnet)
         if path is None or not is_controlnet_folder(path):
             path = comfy_glue.resolve_model_file(CONTROLNET_FOLDER, controlnet, where_to_get=WHERE_TO_GET)
         return path
 
     def load(self, controlnet: str):
-        return (load_salient_controlnet(self.resolve(controlnet)),)
+        control_net = load_salient_controlnet(self.resolve(controlnet))
+        model = control_net.control_model
+        text = describe_controlnet_base(model.salient_base, model.salient_context_dim)
+        log.info("Load Salient ControlNet %s: %s", controlnet, text)
+        return {"ui": {"text": [text]}, "result": (control_net, text)}
 
 
 class SalientControlNetConditioning:
@@ -358,10 +374,11 @@ def check_prompts_base(control_net, conditioning) -> None:
 
 
 FRAME_MODES = ["letterbox", "crop around object"]
+FRAME_NODE_NAME = "Frame for Inpainting Model"  # shown in ComfyUI; 512 px for SD2 / SD1.5, 1024 for SDXL
 _FRAMING_MODE = {"letterbox": framing.FIT, "crop around object": framing.CROP}
 
 
-class FrameForSD2:
+class FrameForInpainting:
     @classmethod
     def INPUT_TYPES(cls):
         return {
@@ -387,7 +404,8 @@ class FrameForSD2:
     FUNCTION = "frame"
     CATEGORY = FRAMING_CATEGORY
     DESCRIPTION = ("Fits the photo (and its object mask) into the inpainting model's square canvas (512 for SD2/SD1.5, "
-                   "1024 for SDXL) and remembers how, for Restore Frame.")
+                   "1024 for SDXL) and remembers how, for Restore Frame. (Its node id keeps its first name, "
+                   "SalientBG_FrameForSD2.)")
 
     def frame(self, image, mode="letterbox", size=512, upscale_small=False, margin=0.25, object_mask=None):
         if mode not in _FRAMING_MODE:
@@ -402,7 +420,7 @@ class FrameForSD2:
             for i in range(out_masks.shape[0]):
                 warning = framing.small_object_warning(out_masks[i])
                 if warning:
-                    log.warning("Frame for SD2, item %d: %s", i, warning)
+                    log.warning("%s, item %d: %s", FRAME_NODE_NAME, i, warning)
         return (out_images, out_masks, record)
 
 
@@ -430,7 +448,7 @@ class RestoreFrame:
 
     def restore(self, image, frame, original_image=None, mask=None):
         if not isinstance(frame, FrameRecord):
-            raise InputError("frame must come from a Frame for SD2 node")
+            raise InputError(f"frame must come from a {FRAME_NODE_NAME} node")
         images = image_ops.as_rgb_images(image, what="image")
         b = images.shape[0]
         if len(frame.transforms) > 1 and len(frame.transforms) != b:
@@ -490,14 +508,14 @@ class PasteObjectBack:
 NODE_CLASS_MAPPINGS = {
     "SalientBG_ControlNetLoader": LoadSalientControlNet,
     "SalientBG_ControlNetConditioning": SalientControlNetConditioning,
-    "SalientBG_FrameForSD2": FrameForSD2,
+    "SalientBG_FrameForSD2": FrameForInpainting,  # the id keeps the name it was published with
     "SalientBG_RestoreFrame": RestoreFrame,
     "SalientBG_PasteObjectBack": PasteObjectBack,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "SalientBG_ControlNetLoader": "Load Salient ControlNet",
     "SalientBG_ControlNetConditioning": "Salient ControlNet Conditioning",
-    "SalientBG_FrameForSD2": "Frame for SD2",
+    "SalientBG_FrameForSD2": FRAME_NODE_NAME,
     "SalientBG_RestoreFrame": "Restore Frame",
     "SalientBG_PasteObjectBack": "Paste Object Back",
 }

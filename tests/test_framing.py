@@ -9,7 +9,7 @@ from PIL import Image, ImageOps
 from salient_background.models.imaging import framing
 from salient_background.models.imaging.compositing import paste_alpha, paste_object_back
 from salient_background.models.errors import InputError
-from salient_background.nodes.controlnet_nodes import FrameForSD2, PasteObjectBack, RestoreFrame
+from salient_background.nodes.controlnet_nodes import FrameForInpainting, PasteObjectBack, RestoreFrame
 from sb_testkit.images import object_on_background, rect_mask, textured_image
 
 
@@ -114,13 +114,13 @@ def test_frame_and_restore_nodes_on_a_batch():
     img2, m2 = object_on_background(120, 200, seed=2)
     m2 = torch.roll(m2, shifts=40, dims=1)
     images, masks = torch.stack([img1, img2]), torch.stack([m1, m2])
-    framed, fmask, record = FrameForSD2().frame(images, "letterbox", 128, False, 0.25, object_mask=masks)
+    framed, fmask, record = FrameForInpainting().frame(images, "letterbox", 128, False, 0.25, object_mask=masks)
     assert framed.shape == (2, 128, 128, 3) and fmask.shape == (2, 128, 128) and len(record.transforms) == 1
     back, region = RestoreFrame().restore(framed, record, original_image=images)
     assert back.shape == images.shape and region.shape == (2, 120, 200)
     assert (back - images).abs().mean() < 0.02
     # crop mode: one transform per item (the objects sit in different places)
-    framed, fmask, record = FrameForSD2().frame(images, "crop around object", 96, True, 0.1, object_mask=masks)
+    framed, fmask, record = FrameForInpainting().frame(images, "crop around object", 96, True, 0.1, object_mask=masks)
     assert len(record.transforms) == 2 and record.transforms[0] != record.transforms[1]
     for i in range(2):
         assert fmask[i].sum() > 0.2 * 96 * 96  # the object fills the crop
@@ -128,7 +128,7 @@ def test_frame_and_restore_nodes_on_a_batch():
     assert back.shape == images.shape
     assert ((bmask > 0.5) == (masks > 0.5)).float().mean() > 0.99
     with pytest.raises(InputError, match="object_mask"):
-        FrameForSD2().frame(images, "crop around object", 96, True, 0.1)
+        FrameForInpainting().frame(images, "crop around object", 96, True, 0.1)
 
 
 def test_paste_back_keeps_the_object_and_the_new_background_with_a_soft_seam():
@@ -169,7 +169,7 @@ def test_small_object_warning_names_the_object_size_after_framing():
 def test_frame_node_warns_about_a_tiny_object(caplog):
     image = torch.rand(1, 20, 300, 3)
     with caplog.at_level("WARNING", logger="salient_background"):
-        FrameForSD2().frame(image, "letterbox", 128, False, 0.25, object_mask=torch.ones(1, 20, 300))
+        FrameForInpainting().frame(image, "letterbox", 128, False, 0.25, object_mask=torch.ones(1, 20, 300))
     assert any("128x9" in r.getMessage() for r in caplog.records), caplog.text
 
 
