@@ -106,6 +106,13 @@ _HELP = {
     "ema_decay": "EMA decay of the ControlNet weights (0 = off; e.g. 0.9999); exported weights are the EMA ones",
     "validation_steps": "validation images every N steps (0 = never)",
     "validation_sam": "SAM checkpoint: also compute the object-expansion score in validation",
+    "validation_metrics": "the comparison table (as evaluate --runs) on held-out rows at each validation: 'all' "
+                          "(every metric whose model is on disk) or names such as expansion,fid,clip_score; logged to "
+                          "validation.jsonl and TensorBoard",
+    "validation_holdout": "with --validation-metrics: the manifest's last N rows are held out of training",
+    "validation_metric_seeds": "with --validation-metrics: images per held-out input (LPIPS diversity needs 2)",
+    "validation_bootstrap": "with --validation-metrics: bootstrap resamples of the held-out inputs",
+    "validation_models_dir": "with --validation-metrics: a models folder holding metrics/ (default: ComfyUI's)",
     "stop_after_steps": "end this session after N steps, resumable (time-boxed jobs)",
     "report_to": "auto (TensorBoard when installed), tensorboard or none",
     "gradient_checkpointing": "recompute activations in the backward: 'controlnet' or 'all' (the flag alone); less "
@@ -194,13 +201,27 @@ def _add_export(subparsers) -> None:
     p.add_argument("output", help="the folder to write (e.g. ComfyUI/models/controlnet/salient_mine)")
     p.add_argument("--fp16", action="store_true", help="store fp16 weights (half the size)")
     p.add_argument("--ema", action="store_true", help="export the EMA weights")
+    p.add_argument("--select-best", action="store_true",
+                   help="CHECKPOINT is a training output folder: export its checkpoint with the lowest held-out "
+                        "expansion among those whose FID stays within --fid-margin of the baseline's (needs a run "
+                        "trained with --validation-metrics)")
+    p.add_argument("--fid-margin", type=float, default=0.05,
+                   help="--select-best: how far above the baseline's FID a checkpoint may be, as a fraction "
+                        "(default 0.05 = 5 %%)")
     p.set_defaults(func=run_export)
 
 
 def run_export(args) -> int:
-    from .export import export_checkpoint
+    from .export import export_checkpoint, select_best_checkpoint
 
-    folder = export_checkpoint(args.checkpoint, args.output, fp16=args.fp16, ema=args.ema)
+    checkpoint = args.checkpoint
+    if args.select_best:
+        checkpoint, choice = select_best_checkpoint(args.checkpoint, args.fid_margin)
+        best = choice["chosen"]
+        print(f"best checkpoint: step {best['step']} (held-out expansion {100 * best['expansion_relative']:.2f} %, "
+              f"FID {best['fid']:.4g} <= {choice['fid_limit']:.4g}, baseline {choice['baseline_fid']:.4g}; "
+              f"{len(choice['candidates'])} candidates)")
+    folder = export_checkpoint(checkpoint, args.output, fp16=args.fp16, ema=args.ema)
     print(f"exported to {folder} (verified: it loads through the loader node's code)")
     return 0
 

@@ -79,6 +79,13 @@ class TrainConfig:
     validation_inference_steps: int = 20
     validation_guidance: float = 7.5
     validation_sam: Optional[str] = None  # SAM checkpoint: also report the object-expansion score
+    # the comparison table (evaluate --runs) on held-out rows at every validation: "all" (every metric whose model is
+    # on disk) or names as evaluate --metrics; None = off (training/validation_metrics.py)
+    validation_metrics: Optional[str] = None
+    validation_holdout: int = 8  # with validation_metrics: the manifest's last N rows are held out of training
+    validation_metric_seeds: int = 2  # images per held-out input (LPIPS diversity needs 2)
+    validation_bootstrap: int = 1000  # bootstrap resamples of the held-out inputs
+    validation_models_dir: Optional[str] = None  # models folder holding metrics/ (default: ComfyUI's)
     export_fp16: bool = False  # the final export's weights dtype
     record_samples: bool = False  # write samples-rank<r>.jsonl: which rows/noise positions each process trained on
 

@@ -136,3 +136,61 @@ def verify_comfy_buildable(config: Mapping, folder: str) -> None:
                               "build it: " + "; ".join(problems))
     if problems:
         log.warning("the ControlNet exported to %s is of no model family ComfyUI knows: %s", folder, "; ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------- --select-best
+DEFAULT_FID_MARGIN = 0.05
+
+
+def select_best_checkpoint(output_dir: str, fid_margin: float = DEFAULT_FID_MARGIN) -> tuple[str, dict]:
+    """The checkpoint of a training run with the lowest mean expansion on the held-out inputs among those whose FID
+    stays within ``fid_margin`` (a fraction: 0.05 = 5 %) above the baseline's, from the ``--validation-metrics``
+    records in ``validation/validation.jsonl`` (a step validated twice, e.g. after a resume, counts by its last
+    record). Only validated steps whose checkpoint is still on disk compete. Returns (checkpoint folder, the choice
+    with every candidate)."""
+    from .checkpoints import CHECKPOINT_PREFIX, list_checkpoints
+
+    if fid_margin < 0:
+        raise CheckpointError(f"--fid-margin must be 0 or more, not {fid_margin}")
+    records = _metric_records(output_dir)
+    on_disk = {int(os.path.basename(p)[len(CHECKPOINT_PREFIX):]): p for p in list_checkpoints(output_dir)}
+    candidates, baseline_fid = [], None
+    for step in sorted(records):
+        metrics = records[step]
+        baseline_fid = (metrics.get("baseline") or {}).get("fid", baseline_fid)
+        ours = metrics.get("controlnet") or {}
+        if step in on_disk and ours.get("fid") is not None and ours.get("expansion_relative") is not None:
+            candidates.append({"step": step, "fid": ours["fid"], "expansion_relative": ours["expansion_relative"],
+                               "checkpoint": on_disk[step]})
+    if baseline_fid is None or not candidates:
+        raise CheckpointError(
+            f"--select-best needs validation records with FID and expansion for checkpoints still on disk in "
+            f"{output_dir!r}: train with --validation-metrics (FID model and --validation-sam present) and "
+            "--checkpointing-steps a multiple of --validation-steps")
+    limit = baseline_fid * (1.0 + fid_margin)
+    eligible = [c for c in candidates if c["fid"] <= limit]
+    if not eligible:
+        raise CheckpointError(f"no checkpoint keeps FID within {100 * fid_margin:g} % of the baseline's "
+                              f"{baseline_fid:.4g} (limit {limit:.4g}); the candidates' FIDs: "
+                              + ", ".join(f"step {c['step']}: {c['fid']:.4g}" for c in candidates))
+    best = min(eligible, key=lambda c: (c["expansion_relative"], c["step"]))
+    return best["checkpoint"], {"chosen": best, "baseline_fid": baseline_fid, "fid_limit": limit,
+                                "candidates": candidates}
+
+
+def _metric_records(output_dir: str) -> dict:
+    """{step: metrics} of ``validation/validation.jsonl``'s records that hold the table's summary."""
+    path = os.path.join(output_dir, "validation", "validation.jsonl")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path!r} not found: --select-best reads the validation records of a training output "
+                              "folder (train with --validation-metrics)")
+    records = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            if isinstance(record, dict) and isinstance(record.get("metrics"), dict):
+                records[int(record["step"])] = record["metrics"]
+    return records

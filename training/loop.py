@@ -35,6 +35,7 @@ from .dataset_check import training_rows
 from .loss import training_loss
 from .low_memory import TwoPassClippedStep, limit_heap_fragmentation
 from .validation import Validator
+from .validation_metrics import split_holdout
 
 log = logging.getLogger("salient_background")
 
@@ -401,10 +402,11 @@ def train(config: TrainConfig, *, accelerator=None) -> TrainResult:
     _check_memory_switches(config, accelerator)
     rows = training_rows(config, resuming=resolve_resume(config) is not None, world_size=accelerator.num_processes,
                          is_main=accelerator.is_main_process)
+    rows, held_out = split_holdout(config, rows)  # --validation-metrics: rows measured, never trained on
     s = _start_session(config, accelerator, rows, report_to)
     sample_cfg, loader = _data(config, rows, s.models, accelerator, s.weight_dtype, s.global_step, s.stop_step)
     if config.validation_steps > 0:
-        s.validator = Validator(config, rows, sample_cfg, s.models.sched_cfg)
+        s.validator = Validator(config, rows, sample_cfg, s.models.sched_cfg, held_out, accelerator.device)
     if config.optimizer_in_backward:
         s.in_backward = TwoPassClippedStep(s.raw_controlnet.parameters(),
                                            getattr(s.optimizer, "optimizer", s.optimizer), config.max_grad_norm)
