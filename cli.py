@@ -7,13 +7,14 @@ Heavy imports happen inside ``func`` so ``--help`` stays instant.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
-import importlib.abc
 import logging
-import os
+import signal
 import sys
 
 from .models.errors import UserFacingError
+from .models.library_progress import disable_library_progress_bars
 
 # module names under salient_background.commands, in the order --help lists them
 COMMANDS = ["demo", "mask", "generate", "download", "evaluate", "train"]
@@ -41,20 +42,44 @@ def main(argv: list[str] | None = None) -> int:
 NOISY_LOGGERS = ("PIL", "urllib3", "filelock", "h5py", "matplotlib", "fsspec", "httpx", "httpcore", "asyncio")
 
 
+# exit statuses (docs/command-line.md): 0 everything done (or skipped as failed before), 1 new per-item failures,
+# 2 a usage or setup error, 130 interrupted (Ctrl-C or SIGTERM)
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
 def run_parsed(args: argparse.Namespace) -> int:
     """Set up logging and run a parsed command; a :class:`UserFacingError` becomes one line and exit code 2,
-    Ctrl-C one line and exit code 130."""
+    Ctrl-C (or SIGTERM) one line and exit code 130."""
     configure_logging(args.verbose)
     if getattr(args, "no_progress", False):
         disable_library_progress_bars()
     try:
-        return int(args.func(args) or 0)
+        with sigterm_as_interrupt():
+            return int(args.func(args) or 0)
     except UserFacingError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (what torchrun, a scheduler or ``kill`` sends) stops a command as Ctrl-C does: the files being
+    written are finished and recorded, so a rerun redoes nothing finished (Python's default would die mid-write)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (an embedding program): leave its signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def configure_logging(verbose: bool) -> None:
@@ -63,60 +88,3 @@ def configure_logging(verbose: bool) -> None:
     logging.getLogger("salient_background").setLevel(logging.DEBUG if verbose else logging.INFO)
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-# module -> its function that turns its progress bars off (transformers' and diffusers' "Loading ..." bars)
-PROGRESS_BAR_SWITCHES = {
-    "huggingface_hub.utils": "disable_progress_bars",
-    "transformers.utils.logging": "disable_progress_bar",
-    "diffusers.utils.logging": "disable_progress_bar",
-}
-
-
-def disable_library_progress_bars() -> None:
-    """``--no-progress`` also silences the loading bars of transformers, diffusers and huggingface_hub.
-
-    Importing them costs seconds, and commands such as ``evaluate`` never need them: a module already imported is
-    switched off now, the others right after their first import (if they are installed at all)."""
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # huggingface_hub and transformers read it at import
-    pending = {}
-    for module, function in PROGRESS_BAR_SWITCHES.items():
-        if module in sys.modules:
-            getattr(sys.modules[module], function, lambda: None)()
-        else:
-            pending[module] = function
-    if pending and not any(isinstance(f, _SwitchOffAfterImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _SwitchOffAfterImport(pending))
-
-
-class _SwitchOffAfterImport(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: wraps the loader of a watched module so its switch is called once it has loaded."""
-
-    def __init__(self, switches: dict[str, str]):
-        self.switches = switches
-
-    def find_spec(self, name, path, target=None):
-        if name not in self.switches:
-            return None
-        for finder in sys.meta_path:
-            if finder is not self and hasattr(finder, "find_spec"):
-                spec = finder.find_spec(name, path, target)
-                if spec is not None and spec.loader is not None:
-                    spec.loader = _CallAfterExec(spec.loader, self.switches.pop(name))
-                    return spec
-        return None
-
-
-class _CallAfterExec(importlib.abc.Loader):
-    def __init__(self, loader, function: str):
-        self.loader, self.function = loader, function
-
-    def __getattr__(self, name):  # get_source, is_package, resource readers: the real loader's
-        return getattr(self.loader, name)
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module):
-        self.loader.exec_module(module)
-        getattr(module, self.function, lambda: None)()

@@ -61,8 +61,9 @@ def test_no_progress_switches_off_the_libraries_loading_bars():
         from salient_background.cli import run_parsed
 
         def command(args):
-            import diffusers.utils.logging as d  # imported later: switched off on import
-            import transformers.utils.logging as t
+            import salient_background.models.generation.pipeline  # imports diffusers: switched off there
+            import diffusers.utils.logging as d
+            import transformers.utils.logging as t  # imported later: reads the setting on import
             print(d.is_progress_bar_enabled(), t.is_progress_bar_enabled(),
                   huggingface_hub.utils.are_progress_bars_disabled())
             return 0

@@ -128,6 +128,9 @@ def precheck_new_controlnet(config) -> None:
     from accelerate import init_empty_weights
     from diffusers import ControlNetModel, UNet2DConditionModel
 
+    from ..models.library_progress import apply_library_progress_setting
+
+    apply_library_progress_setting()  # the trainer's first import of diffusers
     if config.controlnet or not os.path.isfile(_unet_config_file(config)):
         return  # fine-tuning: the ControlNet's own config is checked once loaded
     with open(_unet_config_file(config)) as fh:

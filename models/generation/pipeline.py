@@ -134,6 +134,9 @@ def _as_list(value, n: int, what: str) -> list:
 def _diffusion_pipeline_base():
     from diffusers import DiffusionPipeline
 
+    from ..library_progress import apply_library_progress_setting
+
+    apply_library_progress_setting()  # diffusers was just imported: --no-progress reaches its bars too
     return DiffusionPipeline
 
 

@@ -519,6 +519,9 @@ def build_diffusers_controlnet(
     """A diffusers ``ControlNetModel`` (eval mode) from any accepted form, weights loaded strictly."""
     from diffusers import ControlNetModel
 
+    from ..library_progress import apply_library_progress_setting
+
+    apply_library_progress_setting()
     state, cfg = load_controlnet_state_dict(
         path, config=config, cross_attention_dim=cross_attention_dim, default_config=default_config, base=base
     )
