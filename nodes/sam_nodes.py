@@ -1,5 +1,5 @@
-"""SAM nodes: loader, mask refinement, and the object-expansion score (thin adapters over ``models/sam`` and
-``models/expansion``)."""
+"""SAM nodes: loader, mask refinement, and the object-expansion score (thin adapters over ``models/networks/sam`` and
+``models/scoring/expansion.py``)."""
 from __future__ import annotations
 
 import logging

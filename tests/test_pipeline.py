@@ -1,7 +1,7 @@
 """The standalone SI2 + salient ControlNet pipeline on tiny random models in the real on-disk formats.
 
 What the networks receive is captured with forward hooks and compared with tensors built by hand here (not with
-``models.inpaint_inputs``): the ControlNet gets the very 9-channel tensor the UNet gets, mask channel = inverted
+``models.generation.inpaint_inputs``): the ControlNet gets the very 9-channel tensor the UNet gets, mask channel = inverted
 binarised object mask, hint = soft inverted object mask at full pixel size, masked-image latents = VAE sample of the
 photo with the background at 0 -- and scale 0 is exactly diffusers' own SD2-inpainting pipeline.
 """

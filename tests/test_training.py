@@ -173,7 +173,7 @@ def test_sample_recipe_polarities_and_determinism(dataset_dir):
     red = ((photo01[0] > 0.7) & (photo01[1] < 0.4)).float()
     obj = 1 - s["repaint_mask"][0]
     assert (red != obj).float().mean() < 0.02 and obj.sum() > 50
-    # polarities (models/inpaint_inputs): repaint 1 on the background, hint soft 1 - mask, masked background 0
+    # polarities (models/generation/inpaint_inputs.py): repaint 1 on the background, hint soft 1 - mask, masked background 0
     assert torch.equal(s["repaint_mask"][0], (s["hint"][0] >= 0.5).float())
     assert torch.all(s["masked_image"][:, s["repaint_mask"][0] > 0.5] == 0)
     keep = s["repaint_mask"][0] < 0.5

@@ -4,7 +4,7 @@ Per sample (the recipe of the reference training code, yahoo/photo-background-ge
 salient mask (object = white, soft) are resized so the short side is ``resize_to`` (768), one random ``resolution`` x
 ``resolution`` crop (512) is shared by both, the caption is replaced by "" with probability ``empty_caption_prob``
 (0.1; one caption drawn at random when a row has several). The model inputs are then built by
-:func:`models.inpaint_inputs.build_inpaint_inputs` -- the code the pipeline and the ComfyUI node use -- so training
+:func:`models.generation.inpaint_inputs.build_inpaint_inputs` -- the code the pipeline and the ComfyUI node use -- so training
 and inference share one polarity convention: the repaint mask is the inverted object mask binarised at 0.5, the
 hint the soft inverted mask in [0,1], the masked image the photo in [-1,1] with the background set to 0.
 

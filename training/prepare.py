@@ -4,7 +4,7 @@ Inputs: folders of photos (any nesting) and/or COCO-style caption annotations (`
 images folder). Per photo:
 
 * the salient mask (object = white, soft, 8-bit PNG at the photo's size) from our InSPyReNet
-  (:func:`models.salient.load_salient_model`), batched over consecutive photos of the same size -- or taken from a
+  (:func:`models.networks.salient.load_salient_model`), batched over consecutive photos of the same size -- or taken from a
   folder of existing masks (``masks_dir``: same relative path, ``.png``), e.g. a salient-object dataset's ground truth;
 * captions, first found wins: a sidecar ``<photo>.txt`` (one caption per non-empty line), the COCO annotations,
   BLIP-2 through ``transformers`` from a local model folder the user gives (never downloaded here); photos with none
@@ -206,7 +206,7 @@ def prepare_dataset(
     progress: bool = True,
 ) -> PrepareReport:
     """Prepare (or complete) the dataset in ``output_dir``. ``segmenter``: an object with ``predict(images [B,H,W,3]
-    in 0..1) -> .maps [B,H,W]`` (a :class:`models.salient.SalientSegmenter`); or ``masks_dir`` with existing masks.
+    in 0..1) -> .maps [B,H,W]`` (a :class:`models.networks.salient.SalientSegmenter`); or ``masks_dir`` with existing masks.
     ``captioner``: called with a list of PIL images for photos without a caption (e.g. :class:`Blip2Captioner`)."""
     from tqdm import tqdm
 

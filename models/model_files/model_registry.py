@@ -95,7 +95,7 @@ _PBG_SUBDIR = "photo-background-generation"
 
 _TB_RELEASE = "https://github.com/plemeri/transparent-background/releases/download"
 
-# The other inpainting bases a salient ControlNet can be trained on (models/generation/bases.py). No revision hash,
+# The other inpainting bases a salient ControlNet can be trained on (models/bases.py). No revision hash,
 # size or checksum of these repos could be read from a public page when the rows were written, so the URLs follow
 # the repos' main branch, no size is recorded ("unknown" in listings), and every file is unverified.
 _HF_SD15 = "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-inpainting/resolve/main"
@@ -564,7 +564,7 @@ GROUPS: dict[str, tuple[str, ...]] = {}
 for _m in MODEL_FILES:
     GROUPS.setdefault(_m.group, ())
     GROUPS[_m.group] += (_m.key,)
-# the diffusers folder's config and tokenizer files, without its weights (see models/generation/pipeline.py SI2_CONFIG_FILES)
+# the diffusers folder's config and tokenizer files, without its weights (see models/generation/model_plan.py SINGLE_FILE_CONFIG_FILES)
 SI2_CONFIG_KEYS: tuple[str, ...] = tuple(
     k for k in GROUPS["si2_diffusers"] if not BY_KEY[k].filename.endswith(".safetensors")
 )
