@@ -24,7 +24,11 @@ def add_parser(subparsers) -> None:
         "what", nargs="*", metavar="what",
         help="what to fetch (default: 'default'): " + ", ".join(selection_names()),
     )
-    parser.add_argument("--models-dir", help="ComfyUI's models folder (or any folder; files go to DIR/<folder>/)")
+    parser.add_argument("--models-dir", help="ComfyUI's models folder (or any folder; files go to DIR/<folder>/); it "
+                                             "must exist unless --create-models-dir")
+    parser.add_argument("--create-models-dir", action="store_true",
+                        help="create --models-dir if it does not exist (without it a missing folder is refused, so a "
+                             "misspelt path never receives gigabytes)")
     parser.add_argument("--comfyui", help="a ComfyUI folder (default: the one around the pack, else $COMFYUI_PATH)")
     parser.add_argument("--extra-model-paths", action="append", default=[], metavar="YAML",
                         help="an extra_model_paths.yaml to honour (ComfyUI's own one is read automatically)")
@@ -46,7 +50,7 @@ def _check_text(m) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..models.model_files import downloader
-    from ..models.model_files.model_paths import discover
+    from ..models.model_files.model_paths import check_models_dir, discover
     from ..models.model_files.model_registry import MODEL_FILES, cli_name, render_markdown_table, select
 
     if args.markdown:
@@ -59,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     entries = select(args.what)
+    if args.models_dir:
+        check_models_dir(args.models_dir, create=args.create_models_dir)
     locations = discover(args.models_dir, comfyui_root=args.comfyui, extra_configs=args.extra_model_paths)
     print("model folders: " + "; ".join(locations.origin))
     if args.dry_run:

@@ -551,6 +551,33 @@ def test_command_downloads_then_reports_already_present(server, tmp_path, monkey
     assert len(server.requests) == 1
 
 
+def test_a_models_dir_that_does_not_exist_is_refused_unless_asked_to_create_it(server, tmp_path, monkeypatch, capsys):
+    """A misspelt --models-dir must not become a new folder that gigabytes go into: exit 2 naming the path and the
+    flag, nothing fetched, nothing created; with --create-models-dir the folder is made and filled."""
+    from salient_background.cli import main
+
+    entry = _serve_registry_entry(monkeypatch, server)
+    typo = tmp_path / "ComfyUI" / "modles"
+    for extra in ([], ["--dry-run"]):
+        assert main(["download", "sam", "--models-dir", str(typo), "--quiet", *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"--models-dir {str(typo)!r} does not exist" in err and "--create-models-dir" in err
+    assert server.requests == [] and not typo.exists() and not typo.parent.exists()
+
+    assert main(["download", "sam", "--models-dir", str(typo), "--create-models-dir", "--quiet"]) == 0
+    assert (typo / "sams" / entry.filename).read_bytes() == PAYLOAD
+    assert main(["download", "sam", "--models-dir", str(typo), "--quiet"]) == 0  # it exists now: no flag needed
+    assert len(server.requests) == 1
+
+
+def test_a_models_dir_that_is_a_file_is_refused(tmp_path, capsys):
+    from salient_background.cli import main
+
+    (tmp_path / "models").write_text("not a folder")
+    assert main(["download", "sam", "--models-dir", str(tmp_path / "models"), "--create-models-dir"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
 def test_model_file_path_for_code_outside_comfyui(server, tmp_path, monkeypatch):
     _serve_registry_entry(monkeypatch, server)
     with pytest.raises(CheckpointError) as info:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from ..errors import UserFacingError
+from ..errors import InputError, UserFacingError
 from .model_registry import FOLDER_DEFAULT_SUBDIRS
 
 PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,6 +86,26 @@ def read_extra_model_paths(yaml_path: str) -> list[tuple[str, str, bool]]:
                     full = item
                 entries.append((str(folder), os.path.normpath(full), is_default))
     return entries
+
+
+# ---------------------------------------------------------------------------------------------- --models-dir
+CREATE_MODELS_DIR_FLAG = "--create-models-dir"
+
+
+def check_models_dir(path: str, *, create: bool) -> str:
+    """A ``--models-dir`` the user typed must already be a folder: a misspelt path would otherwise become a new,
+    empty models folder that gigabytes are downloaded into. ``create`` (the user passed ``--create-models-dir``, or
+    the path is a command's own default) lets a missing folder through; whoever writes into it creates it."""
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise InputError(f"--models-dir {path!r} is a file, not a folder: give the models folder (e.g. ComfyUI/models)")
+    if not create:
+        raise InputError(
+            f"--models-dir {path!r} does not exist. Check the path (ComfyUI's is ComfyUI/models), or add "
+            f"{CREATE_MODELS_DIR_FLAG} to start a new models folder there."
+        )
+    return path
 
 
 # ---------------------------------------------------------------------------------------------- locations
