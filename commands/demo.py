@@ -29,7 +29,7 @@ EXAMPLE_PHOTO = os.path.join(PACK_ROOT, "workflows", "inputs", "example_product.
 DEFAULT_PROMPT = "a glass bottle on a wooden table in a sunny kitchen"
 SELECTION = "demo"  # the registry's selection of what the demo needs (models/model_files/model_registry.py ALIASES)
 DEFAULT_MODELS_DIR = os.path.join("outputs", "models")
-# the authors' release of the ControlNet (not in the registry: no public URL serves it); looked for in controlnet/
+# the authors' release of the ControlNet (the loader reads it; not a registry row), looked for in controlnet/
 RELEASED_CONTROLNET = "controlnet_inpainting_salient_aware.pth"
 # each model the demo uses: the option that points at a file the user has elsewhere, and what that option takes
 OPTIONS = {
