@@ -17,7 +17,7 @@ from .models.errors import UserFacingError
 from .models.library_progress import disable_library_progress_bars
 
 # module names under salient_background.commands, in the order --help lists them
-COMMANDS = ["demo", "mask", "generate", "download", "evaluate", "train"]
+COMMANDS = ["demo", "mask", "generate", "download", "evaluate", "training"]
 
 
 def build_parser() -> argparse.ArgumentParser:

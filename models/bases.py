@@ -310,8 +310,9 @@ def how_to_get_controlnet(base: Union[str, InpaintingBase]) -> str:
         from .model_files.model_registry import where_to_get
 
         return f"The published salient ControlNet for {base.title}: " + where_to_get(base.published_controlnet)
-    return (f"No salient ControlNet for {base.title} is published (the paper's is for Stable Diffusion 2 "
-            f"inpainting): train one with {TRAIN_COMMAND.format(name=base.name)} and export it with {EXPORT_COMMAND}.")
+    return (f"A salient ControlNet for {base.title} is not published (the paper's is for Stable Diffusion 2 "
+            f"inpainting): it can only be trained, with {TRAIN_COMMAND.format(name=base.name)}, then exported with "
+            f"{EXPORT_COMMAND}.")
 
 
 def how_to_get_any_controlnet() -> str:

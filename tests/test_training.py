@@ -244,7 +244,7 @@ def _fixed_batch_loss(tiny, data, controlnet, n=4):
     from diffusers import DDPMScheduler
 
     from salient_background.models.generation.loading import load_components
-    from salient_background.training.train import training_loss
+    from salient_background.training.loss import training_loss
 
     vae, te, tok, unet, _ = load_components(tiny.si2_dir)
     sched = DDPMScheduler.from_config(json.load(open(os.path.join(tiny.si2_dir, "scheduler", "scheduler_config.json"))))
@@ -303,7 +303,7 @@ def test_resume_is_bitwise_identical(tiny_sd, dataset_dir, tmp_path):
     full = train_in_process(_config(tiny_sd, dataset_dir, tmp_path / "full", **kw))
     part = train_in_process(_config(tiny_sd, dataset_dir, tmp_path / "split", stop_after_steps=3, **kw))
     assert part.global_step == 3 and part.export_dir is None
-    from salient_background.training.train import list_checkpoints
+    from salient_background.training.checkpoints import list_checkpoints
 
     assert [os.path.basename(c) for c in list_checkpoints(str(tmp_path / "split"))] == ["checkpoint-2", "checkpoint-3"]
     resumed = train_in_process(_config(tiny_sd, dataset_dir, tmp_path / "split", resume_from="latest", **kw))
@@ -403,7 +403,7 @@ def test_text_embedding_cache_trains_the_same_model(tiny_sd, dataset_dir, tmp_pa
 
 def test_text_embedding_cache_is_skipped_when_the_captions_outweigh_the_encoder(tiny_sd):
     from salient_background.models.generation.loading import load_components
-    from salient_background.training.train import TextEmbeddingCache
+    from salient_background.training.caches import TextEmbeddingCache
 
     text_encoder = load_components(tiny_sd.si2_dir)[1]
     encoder_bytes = sum(p.numel() * 4 for p in text_encoder.parameters())

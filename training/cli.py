@@ -2,7 +2,7 @@
 
 One implementation, two entry points: ``python -m salient_background.training <command>`` (also under
 ``accelerate launch -m salient_background.training train ...`` / ``torchrun``) and the pack's main command line,
-``python -m salient_background training <command>`` (``commands/train.py``).
+``python -m salient_background training <command>`` (``commands/training.py``).
 """
 from __future__ import annotations
 

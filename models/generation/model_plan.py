@@ -79,9 +79,8 @@ def plan_models(pipeline_path: Optional[PathLike] = None, *, base_model_path: Op
             "with a ControlNet checkpoint"
         )
     model = os.fspath(model)
-    single_file = validate_base_model_path(model, config_dir) == "single_file"  # layout first: says what to fix
-    base = base_of_model(model)  # read from unet/config.json or the file's keys, before any weights
-    found_config_dir = find_config_dir(model, config_dir) if single_file else model
+    # the layout first (its errors say what to fix), then the base, decided once
+    single_file, base, found_config_dir = _check_model_path(model, config_dir)
     controlnet = controlnet_base = None
     if use_controlnet:
         controlnet = _controlnet_path(base, model, controlnet_path, pipeline_path)
@@ -189,14 +188,19 @@ def validate_base_model_path(path: PathLike, config_dir: Optional[PathLike] = No
     """Cheap check (no weights read) of an inpainting model path: a diffusers folder of any base, or SD2's
     single-file checkpoint (``.safetensors`` / ``.ckpt``) whose config folder is found. Returns "folder" or
     "single_file"; raises a :class:`CheckpointError` that says what to fix."""
-    path = os.fspath(path)
+    single_file, _, _ = _check_model_path(os.fspath(path), config_dir)
+    return "single_file" if single_file else "folder"
+
+
+def _check_model_path(path: str, config_dir: Optional[PathLike]) -> tuple[bool, InpaintingBase, str]:
+    """(is it a single file, its base, its config folder): the checks of :func:`validate_base_model_path`."""
     if os.path.isdir(path):
         _require_folder(path, "unet", "the inpainting model folder")
         base = base_of_model(path)  # unet/config.json: SD2, SD1.5 or SDXL inpainting
         extra = XL_EXTRA_SUBFOLDERS if base.text_encoders == 2 else ()
         for sub in BASE_MODEL_SUBFOLDERS + extra:
             _require_folder(path, sub, f"the {base.title} folder")
-        return "folder"
+        return False, base, path
     if os.path.isfile(path):
         if not path.lower().endswith(SINGLE_FILE_SUFFIXES):
             raise CheckpointError(
@@ -208,8 +212,7 @@ def validate_base_model_path(path: PathLike, config_dir: Optional[PathLike] = No
             raise CheckpointError(
                 f"{path!r} is a {base.title} single file; the pipeline reads that base from its diffusers folder "
                 f"({base.diffusers_repo}, see `python -m salient_background download --list`)")
-        find_config_dir(path, config_dir)
-        return "single_file"
+        return True, base, find_config_dir(path, config_dir)
     raise CheckpointError(
         f"SD2-inpainting model not found: {path!r}. Give the single-file checkpoint 512-inpainting-ema.safetensors "
         "(the one in ComfyUI's models/checkpoints) or the local diffusers folder of "

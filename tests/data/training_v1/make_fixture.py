@@ -118,7 +118,7 @@ def caption_table_digest(root: str) -> str:
     """Digest of the caption-embedding table the trainer builds for this dataset (fp32, CPU)."""
     from salient_background.models.generation.loading import load_components
     from salient_background.training.data import read_manifest
-    from salient_background.training.train import TextEmbeddingCache
+    from salient_background.training.caches import TextEmbeddingCache
 
     _, text_encoder, tokenizer, _, _ = load_components(os.path.join(root, "base_model"))
     captions = [c for r in read_manifest(os.path.join(root, "dataset")) for c in r["captions"] if c]
