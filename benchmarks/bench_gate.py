@@ -11,7 +11,15 @@ Prints, per N: seconds per kept image, the ratio to N = 1 measured in the same r
 spent in SAM scoring. With tiny generators, SAM's share is far larger than with real SD2/SDXL weights, where one
 sampling step of the real UNet costs more than a SAM embedding: the ratios to N = 1 are what carries over.
 
-    python benchmarks/bench_gate.py [--threads 2] [--items 3] [--steps 20] [--reps 3] [--sam tiny]
+    python benchmarks/bench_gate.py [--threads 2] [--items 3] [--steps 20] [--reps 3] [--sam tiny] [--prune-at 5]
+
+EXPERIMENTAL, ``--prune-at K``: one more arm with the largest N: its candidates run K steps as one batch, each one's
+predicted clean image (x0 from the guided noise prediction at that step, decoded) is scored, and only the best seed
+is then generated in full from its seed (so the kept image is exactly that seed's unpruned image). Prints its cost
+against the unpruned arm and how often it picked the seed the full run keeps. Whether the early score predicts
+the final one can only be judged with real weights: on random models the agreement means nothing. It uses the
+SD2 pipeline's internal steps (``_prepare_batch``, ``_prepare_latents``, ``_predict_noise``, ``_finish``), so
+it is a measurement, not a feature.
 """
 from __future__ import annotations
 
@@ -75,6 +83,55 @@ def _generate(pipe, image, mask, seeds, steps):
     return out.images
 
 
+# ---------------------------------------------------------------------------------------------- early pruning
+def predicted_clean_latents(scheduler, latents, noise, t):
+    """x0 predicted at timestep ``t`` from the guided model output (epsilon or v prediction)."""
+    alpha = scheduler.alphas_cumprod[int(t)].to(latents.dtype)
+    if scheduler.config.prediction_type == "v_prediction":
+        return alpha.sqrt() * latents - (1 - alpha).sqrt() * noise
+    return (latents - (1 - alpha).sqrt() * noise) / alpha.sqrt()
+
+
+def early_scores(pipe, sam, image, mask, seeds, steps: int, prune_at: int):
+    """EXPERIMENTAL. Run the candidates of ``seeds`` for ``prune_at`` of ``steps`` steps (one batch, the
+    pipeline's own steps), decode each one's predicted clean image and score it with the gate's scorer."""
+    n = len(seeds)
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    batch = pipe._prepare_batch(image[None].expand(n, -1, -1, -1).contiguous(), mask[None].expand(n, -1, -1).contiguous(),
+                                [PROMPT] * n, [""] * n, 1, generators)
+    embeds = pipe.encode_prompt(batch.prompts, batch.negatives, pipe._execution_device, True)
+    latents, conditioning = pipe._prepare_latents(batch, steps, generators, None, True)
+    for t in pipe.scheduler.timesteps[:prune_at]:
+        noise = pipe._predict_noise(latents, t, conditioning, embeds, 1.0, 7.5, True)
+        clean = predicted_clean_latents(pipe.scheduler, latents, noise, t)
+        latents = pipe.scheduler.step(noise, t, latents, return_dict=False)[0]
+    previews = pipe._finish(clean, batch.repaint[:, 0].cpu(), "pt").images
+    return gate.SamGateScorer(sam, mask)(previews)
+
+
+def run_pruned_arm(pipe, sam, photos, candidates: int, steps: int, prune_at: int) -> tuple[float, list[int]]:
+    """EXPERIMENTAL. Score the candidates at ``prune_at``, then make only the best seed, in full from its seed (so
+    the kept image is exactly what that seed gives in an unpruned run). (total seconds, chosen seeds)."""
+    policy = gate.GatePolicy(candidates=candidates, keep=1)
+    total, chosen = 0.0, []
+    for k, (image, mask) in enumerate(photos):
+        seeds = policy.seeds_of_round(100 * k, 0)
+        start = time.perf_counter()
+        early = gate.attempts_from_scores(early_scores(pipe, sam, image, mask, seeds, steps, prune_at), seeds, policy)
+        best = gate.rank_attempts(early)[0]
+        _generate(pipe, image, mask, [best.seed], steps)
+        total += time.perf_counter() - start
+        chosen.append(best.seed)
+    return total, chosen
+
+
+def _full_choices(pipe, sam, photos, candidates: int, steps: int) -> list[int]:
+    policy = gate.GatePolicy(candidates=candidates, keep=1)
+    return [gate.run_gate(lambda seeds, i=image, m=mask: _generate(pipe, i, m, seeds, steps),
+                          gate.SamGateScorer(sam, mask), policy, first_seed=100 * k).kept[0].seed
+            for k, (image, mask) in enumerate(photos)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=2)
@@ -83,6 +140,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--sam", default="tiny", choices=["tiny", "vit_b"])
     parser.add_argument("--candidates", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--prune-at", type=int, default=0,
+                        help="EXPERIMENTAL: also an arm with the largest N pruned at this step (0 = no such arm)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average at start {os.getloadavg()}")
@@ -102,12 +161,24 @@ def main() -> None:
             print(f"  rep {rep + 1} N={n}: {total:.3f} s for {kept} kept, SAM {sam_seconds:.3f} s")
             if n not in best or total < best[n][0]:
                 best[n] = (total, sam_seconds, kept)
+        if args.prune_at:
+            total, chosen = run_pruned_arm(pipe, sam, photos, max(args.candidates), args.steps, args.prune_at)
+            print(f"  rep {rep + 1} N={max(args.candidates)} pruned at step {args.prune_at}: {total:.3f} s")
+            best["pruned"] = min(best.get("pruned", (total, chosen)), (total, chosen))
     base = best[args.candidates[0]][0] / best[args.candidates[0]][2]
     for n in args.candidates:
         total, sam_seconds, kept = best[n]
         per = total / kept
         print(f"N={n}: {per:.3f} s per kept image ({per / base:.2f}x N={args.candidates[0]}), "
               f"SAM {100 * sam_seconds / total:.1f} % of the time")
+    if args.prune_at:
+        n = max(args.candidates)
+        total, chosen = best["pruned"]
+        per, full = total / len(photos), best[n][0] / best[n][2]
+        agree = sum(a == b for a, b in zip(chosen, _full_choices(pipe, sam, photos, n, args.steps)))
+        print(f"EXPERIMENTAL N={n} pruned at step {args.prune_at}/{args.steps}: {per:.3f} s per kept image "
+              f"({per / full:.2f}x unpruned N={n}); picked the same seed as the full run for {agree} of "
+              f"{len(photos)} items (random weights: says nothing about real models)")
 
 
 if __name__ == "__main__":
