@@ -108,6 +108,17 @@ def test_features_are_per_image_whatever_the_batch(inception):
     torch.testing.assert_close(mixed[[0, 2]], together[:2], rtol=1e-5, atol=1e-5)
 
 
+def test_features_are_torch_fidelitys_own_at_any_size(inception_path, inception):
+    """Same weights in torch-fidelity's extractor itself: its TensorFlow-compatible resize and scaling are ours."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    theirs = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=inception_path)
+    images = _images(2, 120, seed=7)
+    with torch.no_grad():
+        expected = theirs((images.permute(0, 3, 1, 2) * 255).round().to(torch.uint8))[0]
+    torch.testing.assert_close(inception(images), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_second_implementation_pytorch_fid_agrees(inception_path, inception, monkeypatch):
     """pytorch-fid's own Inception (its FID blocks) on the same random file, and its scipy Frechet distance."""
@@ -126,7 +137,10 @@ def test_second_implementation_pytorch_fid_agrees(inception_path, inception, mon
 
     fa, fb = their_features(a), their_features(b)
     ours_a, ours_b = inception(a), inception(b)
-    np.testing.assert_allclose(ours_a.numpy(), fa, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ours_a.numpy(), fa, rtol=1e-4, atol=1e-4)  # all 2048 features
+    # the Frechet distance of each implementation on its own features; the first 512 dimensions keep the two matrix
+    # square roots (scipy's sqrtm, torchmetrics' eigenvalues) to a second each -- at 2048 they take most of a minute
+    fa, fb, ours_a, ours_b = fa[:, :512], fb[:, :512], ours_a[:, :512], ours_b[:, :512]
     expected = fid_score.calculate_frechet_distance(fa.mean(0), np.cov(fa, rowvar=False), fb.mean(0),
                                                     np.cov(fb, rowvar=False))
     assert expected > 1e-3 * float(np.trace(np.cov(fa, rowvar=False)))  # well above the rounding seen at zero
