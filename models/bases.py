@@ -46,6 +46,8 @@ class InpaintingBase:
     single_file: bool = False      # the pipeline also loads its original-layout single file (+ its config folder)
     # the registry key of a published salient ControlNet for this base (None: none is published, train one)
     published_controlnet: Optional[str] = None
+    comfy_checkpoint: str = ""     # what to load with ComfyUI's Load Checkpoint for this base
+    vae_overflows_in_fp16: bool = False  # its VAE needs fp32 (SDXL's)
 
 
 BASES = {
@@ -53,17 +55,20 @@ BASES = {
         name="sd2-inpainting", title="Stable Diffusion 2 inpainting", context_dim=1024, added_conditioning=None,
         resolution=512, vae_scaling_factor=0.18215, prediction_type="epsilon", comfy_model="SD20",
         diffusers_repo="stabilityai/stable-diffusion-2-inpainting", train_resize_to=768, single_file=True,
-        published_controlnet="controlnet"),
+        published_controlnet="controlnet",
+        comfy_checkpoint="512-inpainting-ema.safetensors from stabilityai/stable-diffusion-2-inpainting"),
     "sd15-inpainting": InpaintingBase(
         name="sd15-inpainting", title="Stable Diffusion 1.5 inpainting", context_dim=768, added_conditioning=None,
         resolution=512, vae_scaling_factor=0.18215, prediction_type="epsilon", comfy_model="SD15",
         diffusers_repo="stable-diffusion-v1-5/stable-diffusion-inpainting", attention_head_dim=8,
-        use_linear_projection=False, train_resize_to=768),
+        use_linear_projection=False, train_resize_to=768,
+        comfy_checkpoint="sd-v1-5-inpainting.ckpt from stable-diffusion-v1-5/stable-diffusion-inpainting"),
     "sdxl-inpainting": InpaintingBase(
         name="sdxl-inpainting", title="Stable Diffusion XL inpainting", context_dim=2048, added_conditioning="text_time",
         resolution=1024, vae_scaling_factor=0.13025, prediction_type="epsilon", comfy_model="SDXL",
         diffusers_repo="diffusers/stable-diffusion-xl-1.0-inpainting-0.1", text_encoders=2,
-        attention_head_dim=(5, 10, 20), xl_pipeline=True),
+        attention_head_dim=(5, 10, 20), xl_pipeline=True, vae_overflows_in_fp16=True,
+        comfy_checkpoint="diffusers/stable-diffusion-xl-1.0-inpainting-0.1 as a single-file checkpoint"),
 }
 DEFAULT_BASE = "sd2-inpainting"
 

@@ -44,13 +44,9 @@ log = logging.getLogger("salient_background")
 CONTROLNET_FOLDER = "controlnet"
 GENERATE_CATEGORY = "Salient Background/generate"
 FRAMING_CATEGORY = "Salient Background/framing"
-# what to load with Load Checkpoint for each base (the published single-file checkpoints)
-INPAINT_CHECKPOINTS = {
-    "sd2-inpainting": "512-inpainting-ema.safetensors from stabilityai/stable-diffusion-2-inpainting",
-    "sd15-inpainting": "sd-v1-5-inpainting.ckpt from stable-diffusion-v1-5/stable-diffusion-inpainting",
-    "sdxl-inpainting": "diffusers/stable-diffusion-xl-1.0-inpainting-0.1 as a single-file checkpoint",
-}
-SDXL_ADM_CHANNELS = 2816  # SDXL's y: pooled text embedding (1280) + 6 size/crop time ids x 256
+# what to load with Load Checkpoint for each base (the published single-file checkpoints; the base table says)
+INPAINT_CHECKPOINTS = {name: base.comfy_checkpoint for name, base in bases.BASES.items()}
+SDXL_ADM_CHANNELS = bases.SDXL_ADDED_INPUT_WIDTH  # SDXL's y: pooled text embedding (1280) + 6 size/crop time ids x 256
 
 
 class NotAnInpaintingModelError(InputError):
@@ -368,7 +364,8 @@ def check_prompts_base(control_net, conditioning) -> None:
         return
     width = int(conditioning[0][0].shape[-1])
     # every CLIP gives a pooled output; only SDXL's model turns it into added conditioning, and only SDXL is 2048 wide
-    sampled = base_for_context(width, width == bases.BASES["sdxl-inpainting"].context_dim)
+    added = any(b.added_conditioning is not None and b.context_dim == width for b in bases.BASES.values())
+    sampled = base_for_context(width, added)
     check_same_base(controlnet_base_of(control_net), sampled, describe_sampled(sampled, width),
                     what="the prompts' text encoder (from the Load Checkpoint feeding CLIP Text Encode)")
 

@@ -34,7 +34,7 @@ def resolve_base(config) -> InpaintingBase:
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, "unet", "config.json")):
         return base_for_pretrained_folder(path, config.base)
     requested = as_base(config.base)
-    if os.path.isfile(path) and requested.name != "sd2-inpainting":
+    if os.path.isfile(path) and not requested.single_file:
         raise InputError(f"{path!r} is a single file; {requested.title} is trained from its diffusers folder "
                          f"(e.g. a local copy of {requested.diffusers_repo})")
     return requested  # SD2's folder checks and single-file loading say what is wrong with it
@@ -42,7 +42,7 @@ def resolve_base(config) -> InpaintingBase:
 
 def vae_dtype_for(base: InpaintingBase, config, weight_dtype: torch.dtype) -> torch.dtype:
     """SDXL's own VAE overflows in fp16: it runs in fp32 then, unless ``--vae`` gave another (fp16-safe) one."""
-    if base.name == "sdxl-inpainting" and weight_dtype == torch.float16 and not config.vae:
+    if base.vae_overflows_in_fp16 and weight_dtype == torch.float16 and not config.vae:
         log.info("SDXL's VAE overflows in fp16: it runs in fp32 (pass --vae with an fp16-safe VAE to change that)")
         return torch.float32
     return weight_dtype
