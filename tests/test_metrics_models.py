@@ -45,3 +45,14 @@ def test_present_models_are_found_and_the_missing_one_is_named(tmp_path):
     assert "save it as " + os.path.join(folder, "pt_inception-2015-12-05-6726825d.pth") in str(found["fid"])
     with pytest.raises(metrics.MetricModelMissing, match="download metrics-dinov2"):
         metrics.find_metric_model("object_similarity", discover(str(tmp_path / "models")))
+
+
+def test_a_missing_metric_package_names_the_install_command(tmp_path, monkeypatch):
+    import importlib.util
+
+    path = write_lpips_alexnet(str(tmp_path))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lpips" else real(name, *a))
+    with pytest.raises(metrics.MetricPackageMissing, match=r"salient-background\[metrics\]") as info:
+        metrics.load_lpips(path)
+    assert isinstance(info.value, UserFacingError) and "lpips" in str(info.value)
