@@ -3,11 +3,14 @@
 The ControlNet's hint is the same tensor at every step; its conditioning embedding (convolutions at full pixel
 size) is computed at the first step and reused (``models.generation.pipeline.hint_embedded_once``). The prompts
 and the negative prompts go through the text encoder as one batch (the same embeddings within float rounding).
+The ControlNet's convolutions over few positions run as one matrix product each during a call
+(``models.generation.small_convolutions``; the same image within the parity tolerance).
 """
 from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,3 +101,36 @@ def test_prompts_and_negatives_are_encoded_in_one_pass(pipe):
                     for text in ("blurry", "", "a swan", "a red chair")]
     torch.testing.assert_close(embeds, torch.stack(separate), atol=1e-6, rtol=0)
     torch.testing.assert_close(plain[0], separate[2], atol=1e-6, rtol=0)
+
+
+def test_controlnet_small_convolutions_run_as_matmul_during_a_call(pipe, monkeypatch):
+    """The ControlNet's convolutions over few positions (its deepest levels) run as one matrix product during a call
+    (models.generation.small_convolutions); the UNet's stay on PyTorch's path, nothing is left patched afterwards,
+    and the image moves only by float rounding (within the parity tolerance)."""
+    from salient_background.models.generation import small_convolutions
+
+    controlnet_convs = {id(m) for m in pipe.controlnet.modules() if isinstance(m, torch.nn.Conv2d)}
+    unet_convs = {id(m) for m in pipe.unet.modules() if isinstance(m, torch.nn.Conv2d)}
+    calls = []
+    real = small_convolutions.conv2d_as_matmul
+
+    def counted(conv, x, weight, bias):
+        calls.append(id(conv))
+        return real(conv, x, weight, bias)
+
+    monkeypatch.setattr(small_convolutions, "conv2d_as_matmul", counted)
+    photo, object_mask = _inputs(4)
+    image = lambda: pipe(photo, object_mask, "a bottle", num_inference_steps=3, generator=torch.Generator().manual_seed(3),
+                         show_progress=False).images  # noqa: E731
+    fast = image()
+    assert calls and set(calls) <= controlnet_convs and not set(calls) & unet_convs
+    every = list(pipe.controlnet.modules()) + list(pipe.unet.modules())
+    assert all("_conv_forward" not in vars(m) for m in every)
+
+    calls.clear()
+    _latents(pipe, photo, object_mask, steps=3, controlnet_conditioning_scale=0.0)
+    assert calls == []  # the SI2 baseline runs no ControlNet: nothing to speed up
+
+    monkeypatch.setattr(pipeline_module, "small_convolutions_as_matmul", lambda *networks: contextlib.nullcontext())
+    plain = image()
+    assert np.abs(fast - plain).max() <= 1e-4  # the parity tolerance against the reference (test_pipeline_parity)
