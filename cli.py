@@ -51,6 +51,7 @@ def run_parsed(args: argparse.Namespace) -> int:
     """Set up logging and run a parsed command; a :class:`UserFacingError` becomes one line and exit code 2,
     Ctrl-C (or SIGTERM) one line and exit code 130."""
     configure_logging(args.verbose)
+    printable_file_names()
     if getattr(args, "no_progress", False):
         disable_library_progress_bars()
     try:
@@ -80,6 +81,16 @@ def sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def printable_file_names() -> None:
+    """A file name that is not valid UTF-8 (an old camera card's Latin-1) prints as ``\\xe9`` instead of failing its
+    item with UnicodeEncodeError: stdout's errors become "backslashreplace", as Python's stderr already is."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):  # not a text stream we may reconfigure (an embedding program's)
+            pass
 
 
 def configure_logging(verbose: bool) -> None:

@@ -129,7 +129,8 @@ def write_folder_manifest(folder: str, rows: dict, failed: dict, settings: dict)
     table = [rows[k] for k in sorted(rows)]
 
     def write_csv(tmp):
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        # surrogateescape: a file name that is not UTF-8 is written back as its own bytes (not a crash at the end)
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
             writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(table)
@@ -175,17 +176,10 @@ class MaskRunner:
 
     @staticmethod
     def load(work: MaskWork):
-        from PIL import Image
-
         from ..models.imaging import image_ops
-        from ..models.runs.engine import ItemFailed
+        from ..models.imaging.picture_files import open_picture
 
-        try:
-            with Image.open(work.found.path) as pil:
-                pil.load()
-                return image_ops.pil_to_image(pil)[0]
-        except (OSError, ValueError) as exc:
-            raise ItemFailed(f"cannot read it as an image ({exc})") from None
+        return image_ops.pil_to_image(open_picture(work.found.path))[0]  # an unreadable file: InputError, per item
 
     def compute(self, ready: list) -> list:
         """Masks of the photos; photos of one size go through the model together."""

@@ -9,7 +9,8 @@ The scheme:
    suffix, folders joined by ``__`` (``F/a/x.png`` under the folder ``F`` -> ``a__x``); a file given on its own
    (or a manifest row without an ``id``) -> its stem; a manifest's ``id`` -> that id. Characters other than
    letters, digits, ``-``, ``_`` and ``.`` become ``_``; so a folder of uniquely named photos keeps its names
-   (``x.png`` -> ``x``).
+   (``x.png`` -> ``x``). An id never holds ``/``, ``..`` or a leading ``.`` and stays within 120 bytes, so outputs
+   named after it land in the output folder and fit a file system's 255-byte limit (see :func:`safe_name`).
 2. Inputs whose base names differ keep them. When several *different* inputs share a base name (``x.png`` and
    ``x.jpg``; ``a/x.png`` given as two separate files; ``a b.png`` and ``a_b.png``), each of them gets
    ``<base>+<h>``, where ``<h>`` is the start of the SHA-1 of the input's identity (its absolute path, plus the
@@ -30,9 +31,22 @@ DISAMBIGUATION_MARK = "+"
 _HASH_START = 8
 
 
+MAX_NAME_BYTES = 120  # an id plus what the commands add (``_cutout.png``, a temporary file's suffix) stays < 255
+
+
 def safe_name(text: str) -> str:
-    """``text`` with every character other than letters, digits, ``-``, ``_`` and ``.`` replaced by ``_``."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text.strip()) or "image"
+    """``text`` with every character other than letters, digits, ``-``, ``_`` and ``.`` replaced by ``_``; never
+    ``..`` nor a leading ``.`` (no hidden or parent-folder names); at most :data:`MAX_NAME_BYTES` bytes in UTF-8 (a
+    longer one keeps its start and gets ``-`` and 8 hex digits of the SHA-1 of the whole name)."""
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in text.strip()) or "image"
+    name = name.replace("..", "__")
+    if name.startswith("."):
+        name = "_" + name[1:]
+    encoded = name.encode("utf-8", "surrogatepass")
+    if len(encoded) <= MAX_NAME_BYTES:
+        return name
+    head = encoded[: MAX_NAME_BYTES - 9].decode("utf-8", "ignore")  # "ignore": a character cut in two is dropped
+    return f"{head}-{_digest(name)[:8]}"
 
 
 def base_name(path: str, root: Optional[str] = None) -> str:
@@ -47,7 +61,7 @@ def base_name(path: str, root: Optional[str] = None) -> str:
 
 
 def _digest(identity: str) -> str:
-    return hashlib.sha1(identity.encode("utf-8")).hexdigest()
+    return hashlib.sha1(identity.encode("utf-8", "surrogatepass")).hexdigest()  # a non-UTF-8 file name too
 
 
 def assign_ids(inputs: Iterable[tuple[str, str]]) -> dict[str, str]:
