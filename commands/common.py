@@ -56,15 +56,16 @@ class SharedRun:
 
 
 def run_shared_part(ranks, journal, works: list, *, key, total: int, unit: str, desc: str, args, make_runner,
-                    journal_for=None, record_key=None, describe=None) -> SharedRun:
+                    journal_for=None, record_key=None, describe=None, already: int = 0) -> SharedRun:
     """Every process does the works it owns (``ranks.owns(key(work))``) and records each in ``journal``; returns
     once every process is done (the main process may then merge the records).
 
     ``journal`` also holds the progress counters; ``journal_for(work)`` / ``record_key(work)`` say where a work's
     record goes when that is not ``journal`` / ``key(work)``; ``describe(work)`` names it in messages (default: its
-    ``source``).
+    ``source``). ``total`` counts the whole job's units, ``already`` those an earlier run did (the bar starts there).
     ``make_runner(mine, progress)`` loads the models (only when this process owns work) and returns an object with
     ``load``, ``compute``, ``save`` (see :func:`models.runs.engine.run_items`) and ``failure_record(work, reason)``.
+    The bar appears once the models are loaded.
     """
     from ..models.runs.engine import RunProgress, RunStats, run_items
 
@@ -72,12 +73,18 @@ def run_shared_part(ranks, journal, works: list, *, key, total: int, unit: str, 
         journal.clear_progress()
     ranks.barrier()  # every process has read the folder before any writes a record
     mine = [work for work in works if ranks.owns(key(work))]
-    progress = RunProgress(ranks, journal, total, unit, desc, disable=args.no_progress)
-    progress.start()
+    progress = RunProgress(ranks, journal, total + already, unit, desc, disable=args.no_progress, initial=already)
     stats = RunStats()
     try:
+        runner = None
         if mine:
+            if not ranks.is_main:  # the libraries' loading bars would cut through the main process's bar
+                from ..models.library_progress import disable_library_progress_bars
+
+                disable_library_progress_bars()
             runner = make_runner(mine, progress)
+        progress.start()
+        if runner is not None:
 
             def finish(work, record, failure):
                 if failure is not None:
@@ -107,3 +114,43 @@ def report_failures(command: str, failed: dict, skipped: list) -> None:
     retry = f"; {len(skipped)} skipped now as failed before" if skipped else ""
     print(f"{command}: {len(failed)} item(s) failed{retry} (rerun with --retry-failed to try them again)",
           file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------- exit status
+EXIT_NEW_FAILURES = 1
+
+
+def under_launcher() -> bool:
+    """True in a process started by torchrun (or accelerate launch, which runs torchrun's agent)."""
+    return bool(os.environ.get("TORCHELASTIC_RUN_ID"))
+
+
+def exit_status(command: str, new_failures: int) -> int:
+    """0 when this run added no failure (items skipped as failed before do not count), else 1 -- except under
+    torchrun, where any non-zero status of a process makes the launcher print a ChildFailedError traceback as for a
+    crash: there every process exits 0 and the summary (and the manifest's ``failed`` list) names the failures."""
+    if not new_failures:
+        return 0
+    if under_launcher():
+        print(f"{command}: {new_failures} item(s) failed in this run; exit status 0 under torchrun so that the launcher "
+              "does not report a crash (the failures are listed above and in the manifest)", file=sys.stderr)
+        return 0
+    return EXIT_NEW_FAILURES
+
+
+# ---------------------------------------------------------------------------------------------- output folders
+def remove_stale_temporaries(ranks, folders, recursive: bool = True) -> None:
+    """The main process removes the temporary files that killed writers left in our output ``folders``
+    (:func:`models.runs.atomic.remove_stale_temporaries`: only ours, only of dead processes)."""
+    from ..models.runs.atomic import remove_stale_temporaries as remove
+
+    if ranks.is_main:
+        for path in remove(folders, recursive=recursive):
+            log.debug("removed %s, left by a run that was killed while writing it", path)
+
+
+def print_dry_run(entries, summary: str) -> None:
+    """A dry run's listing: one ``<id>\t<input>\t<status>`` line per item, then the summary line."""
+    for item_id, source, status in entries:
+        print(f"{item_id}\t{source}\t{status}")
+    print(summary)

@@ -264,14 +264,14 @@ def test_collect_items_ids_are_unique_and_independent_of_order(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- checks before heavy work
 def _forbid_models(monkeypatch):
-    import salient_background.models.generation.pipeline as pipeline
+    import salient_background.models.generation.loading as loading
     import salient_background.models.networks.salient as salient
 
     def forbidden(*a, **k):
         raise AssertionError("a model was loaded before the options were checked")
 
     monkeypatch.setattr(salient, "load_salient_model", forbidden)
-    monkeypatch.setattr(pipeline, "load_pipeline", forbidden)
+    monkeypatch.setattr(loading, "pipeline_from_plan", forbidden)
 
 
 def test_bad_options_fail_before_any_model_or_output(tiny_sd, tmp_path, monkeypatch, capsys):

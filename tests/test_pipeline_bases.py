@@ -246,22 +246,22 @@ def _args(*argv):
 def test_generate_takes_base_model_and_si2_as_one_option(sd15_folder, tmp_path):
     a = _args("x.png", "--output-dir", tmp_path, "--base-model", sd15_folder)
     b = _args("x.png", "--output-dir", tmp_path, "--si2", sd15_folder)
-    assert a.si2 == b.si2 == sd15_folder
+    assert a.base_model == b.base_model == sd15_folder
 
 
 @pytest.mark.parametrize("base, size", [("sd2", 512), ("sd15", 512), ("sdxl", 1024)])
 def test_generate_frames_at_the_base_native_size_unless_size_is_given(base, size, sd15_folder, sdxl_folder, tiny_sd,
                                                                       tmp_path):
-    from salient_background.commands.generate import _validate_options
+    from salient_background.commands.generate_checks import validate_options
 
     photos, masks = _one_photo(tmp_path)
     folder = {"sd2": tiny_sd.hf_pipeline_dir, "sd15": sd15_folder, "sdxl": sdxl_folder}[base]
     common = [photos, "--output-dir", tmp_path / "o", "--prompt", "x", "--masks", masks, "--pipeline", folder]
     args = _args(*common)
-    _validate_options(args)
+    validate_options(args)
     assert args.size == size
     args = _args(*common, "--size", 64)
-    _validate_options(args)
+    validate_options(args)
     assert args.size == 64
 
 
@@ -282,9 +282,9 @@ def test_generate_sd15_and_sdxl_end_to_end_record_the_size(sd15_folder, sdxl_fol
 def test_generate_refuses_a_controlnet_of_another_base_before_loading(sd15_folder, tiny_sd, tmp_path, monkeypatch,
                                                                      capsys):
     from salient_background import cli
-    from salient_background.models.generation import pipeline
+    from salient_background.models.generation import loading
 
-    monkeypatch.setattr(pipeline, "load_pipeline", lambda *a, **k: pytest.fail("models loaded before the check"))
+    monkeypatch.setattr(loading, "pipeline_from_plan", lambda *a, **k: pytest.fail("models loaded before the check"))
     photos, masks = _one_photo(tmp_path)
     code = cli.main(["generate", str(photos), "--base-model", tiny_sd.si2_dir, "--controlnet",
                      os.path.join(sd15_folder, "controlnet"), "--masks", str(masks), "--prompt", "x",

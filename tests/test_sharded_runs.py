@@ -7,14 +7,11 @@
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -22,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from sb_testkit.cli_runs import child_env, command, folder_bytes, run_cli
 from sb_testkit.images import object_on_background, rect_mask
 from sb_testkit.sam import cached_checkpoint
 
@@ -29,37 +27,7 @@ from salient_background.models.runs.engine import PAUSE_ENV
 from salient_background.models.runs.journal import RECORDS_FOLDER
 from salient_background.models.runs.ranks import owner
 
-LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def _command(args, processes: int) -> list[str]:
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] if processes > 1 else []
-    return [sys.executable, *launcher, "-m", "salient_background", *map(str, args)]
-
-
-def _env(**extra) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **extra)
-    for name in LAUNCHER_VARIABLES:
-        env.pop(name, None)
-    return env
-
-
-def _run(args, processes: int = 1) -> subprocess.CompletedProcess:
-    return subprocess.run(_command(args, processes), env=_env(), capture_output=True, text=True, timeout=300)
-
-
-def _files(folder, drop_columns=()) -> dict:
-    """{relative path: bytes} of every file under ``folder``; CSV columns in ``drop_columns`` (timings) removed."""
-    found = {}
-    for root, _, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(root, name)
-            data = open(path, "rb").read()
-            if name.endswith(".csv") and drop_columns:
-                rows = list(csv.DictReader(io.StringIO(data.decode())))
-                data = json.dumps([{k: v for k, v in r.items() if k not in drop_columns} for r in rows]).encode()
-            found[os.path.relpath(path, folder)] = data
-    return found
+_command, _env, _run, _files = command, child_env, run_cli, folder_bytes
 
 
 def _kill_then_resume(args, out, kind: str) -> subprocess.CompletedProcess:

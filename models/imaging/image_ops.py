@@ -89,19 +89,57 @@ def resize_masks(masks: torch.Tensor, height: int, width: int, mode: str = "bili
 
 
 # ---------------------------------------------------------------------------------------------- PIL <-> tensor
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info)
+
+
+def _sixteen_bit_to_unit(image: Image.Image) -> np.ndarray:
+    """A 16-bit (or 32-bit integer) greyscale picture -> float32 [H,W] in 0..1: full scale 65535, or 255 when no
+    value exceeds 255 (an 8-bit picture stored in a wider mode)."""
+    arr = np.asarray(image).astype(np.float32)
+    return arr / (65535.0 if arr.max() > 255 else 255.0)
+
+
 def pil_to_image(image: Image.Image) -> tuple[torch.Tensor, torch.Tensor | None]:
     """PIL image -> (IMAGE [1,H,W,3] float 0..1, alpha [1,H,W] or None). Alpha is returned separately."""
     alpha = None
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+    if _has_alpha(image):
         rgba = image.convert("RGBA")
         alpha = torch.from_numpy(np.asarray(rgba)[..., 3].astype(np.float32) / 255.0)[None]
-    if image.mode in ("I;16", "I;16B", "I"):
-        arr = np.asarray(image).astype(np.float32)
-        arr = arr / (65535.0 if arr.max() > 255 else 255.0)
-        rgb = np.repeat(arr[..., None], 3, axis=-1)
+    if image.mode in SIXTEEN_BIT_MODES:
+        rgb = np.repeat(_sixteen_bit_to_unit(image)[..., None], 3, axis=-1)
     else:
         rgb = np.asarray(image.convert("RGB")).astype(np.float32) / 255.0
     return torch.from_numpy(rgb)[None], alpha
+
+
+def mask_from_pil(image: Image.Image) -> np.ndarray:
+    """The one reading of a mask picture (every command and node): float32 [H,W] in 0..1, white = object; a
+    picture with alpha uses its alpha; a 16-bit one is scaled as :func:`pil_to_image` scales it."""
+    if _has_alpha(image):
+        return np.asarray(image.convert("RGBA"))[..., 3].astype(np.float32) / 255.0
+    if image.mode in SIXTEEN_BIT_MODES:
+        return _sixteen_bit_to_unit(image)
+    return np.asarray(image.convert("L")).astype(np.float32) / 255.0
+
+
+def read_mask_file(path: str) -> np.ndarray:
+    """Mask file -> float32 [H,W] in 0..1 (:func:`mask_from_pil`); an unreadable file is an :class:`InputError`
+    that names it."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return mask_from_pil(image)
+    except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise InputError(f"cannot read mask {path!r}: {exc}") from None
+
+
+def unit_to_pil_mask(mask: np.ndarray) -> Image.Image:
+    """float [H,W] in 0..1 -> PIL 'L' (rounded: an 8-bit mask read by :func:`read_mask_file` comes back unchanged)."""
+    return Image.fromarray(np.clip(np.rint(mask * 255.0), 0, 255).astype(np.uint8), mode="L")
 
 
 def image_to_uint8(image: torch.Tensor) -> np.ndarray:

@@ -50,25 +50,36 @@ def run_items(items: Sequence[Any], *, load: Callable, compute: Callable, save: 
 
     ``load(item)`` (on a thread) reads the item's files; ``compute([(item, loaded), ...])`` (on this thread: the
     model) returns one result per item, or an :class:`ItemFailed` in its place; ``save(item, result)`` (on a thread)
-    writes the outputs and returns the item's record; ``finish(item, record, failure)`` (this thread) is called once
-    per item, in order, with the record or the failure reason.
+    writes the outputs and returns the item's record; ``finish(item, record, failure)`` is called once per item with
+    the record or the failure reason: on the saving thread right after ``save`` (so an item's record exists as soon
+    as its files do: an interrupted run never redoes it), or on this thread for an item that failed earlier.
+
+    Ctrl-C (or SIGTERM, which the command line turns into the same) stops the loop; the items already handed to the
+    file threads are still written and recorded before this returns.
     """
     stats = RunStats()
     start = time.perf_counter()
     batches = [list(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
     saving: deque = deque()
+    lock = threading.Lock()
 
-    def settle(block_beyond: int) -> None:
-        while saving and (saving[0][1].done() or len(saving) > block_beyond):
-            item, future = saving.popleft()
-            try:
-                record, failure = future.result(), None
-            except ITEM_ERRORS as exc:
-                record, failure = None, failure_reason(exc)
+    def record(item, record, failure) -> None:
+        with lock:
             stats.done += failure is None
             stats.failed += failure is not None
-            finish(item, record, failure)
-            pause_for_tests()
+        finish(item, record, failure)
+        pause_for_tests()
+
+    def save_and_record(item, result) -> None:
+        try:
+            written, failure = save(item, result), None
+        except ITEM_ERRORS as exc:
+            written, failure = None, failure_reason(exc)
+        record(item, written, failure)
+
+    def settle(block_beyond: int) -> None:
+        while saving and (saving[0].done() or len(saving) > block_beyond):
+            saving.popleft().result()  # re-raises what is not an item's own failure
 
     with ThreadPoolExecutor(max_workers=max(1, io_threads), thread_name_prefix="sb-io") as pool:
         submit_loads = lambda batch: [(item, pool.submit(load, item)) for item in batch]  # noqa: E731
@@ -81,26 +92,20 @@ def run_items(items: Sequence[Any], *, load: Callable, compute: Callable, save: 
                 try:
                     ready.append((item, future.result()))
                 except ITEM_ERRORS as exc:
-                    saving.append((item, _failed_future(exc)))
+                    record(item, None, failure_reason(exc))
             if ready:
                 began = time.perf_counter()
                 results = compute(ready)
                 stats.model_seconds += time.perf_counter() - began
                 for (item, _), result in zip(ready, results):
-                    future = _failed_future(result) if isinstance(result, ItemFailed) else pool.submit(save, item, result)
-                    saving.append((item, future))
+                    if isinstance(result, ItemFailed):
+                        record(item, None, failure_reason(result))
+                    else:
+                        saving.append(pool.submit(save_and_record, item, result))
             settle(block_beyond=2 * batch_size)  # bounded: finished pictures do not pile up in memory
         settle(block_beyond=0)
     stats.wall_seconds = time.perf_counter() - start
     return stats
-
-
-def _failed_future(exc: BaseException):
-    from concurrent.futures import Future
-
-    future: Future = Future()
-    future.set_exception(exc)
-    return future
 
 
 def pause_for_tests() -> None:
@@ -111,24 +116,23 @@ def pause_for_tests() -> None:
 
 class RunProgress:
     """One bar for the whole job on the main process: ``advance(k)`` counts this process's work; the other
-    processes' counts come from the journal's progress files (``journal.write_progress``)."""
+    processes' counts come from the journal's progress files (``journal.write_progress``).
+
+    The bar appears at :meth:`start`, once the models are loaded (their loading is not a step of the job), and
+    counts the ``initial`` units an earlier run already did as done."""
 
     POLL_SECONDS = 0.5
 
-    def __init__(self, ranks, journal, total: int, unit: str, desc: str, disable: bool, bar_factory=None):
-        self.ranks, self.journal, self.own, self.shown = ranks, journal, 0, 0
+    def __init__(self, ranks, journal, total: int, unit: str, desc: str, disable: bool, bar_factory=None,
+                 initial: int = 0):
+        self.ranks, self.journal, self.own, self.shown, self.initial = ranks, journal, 0, 0, initial
+        self._bar_args = dict(total=total, unit=unit, desc=desc, disable=disable, file=sys.stderr)
+        self._bar_factory = bar_factory
         self._last_write = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.bar = None
         self._poller: Optional[threading.Thread] = None
-        if ranks.is_main:
-            if bar_factory is None:
-                from tqdm.auto import tqdm as bar_factory
-            self.bar = bar_factory(total=total, unit=unit, desc=desc, disable=disable, file=sys.stderr)
-            if ranks.world > 1:
-                self._poller = threading.Thread(target=self._poll, daemon=True, name="sb-progress")
-                self._poller.start()
 
     def advance(self, k: int = 1) -> None:
         with self._lock:
@@ -143,6 +147,8 @@ class RunProgress:
         self.journal.write_progress(self.ranks.rank, self.own)
 
     def _refresh(self) -> None:
+        if self.bar is None:
+            return
         others = self.journal.read_progress(skip_rank=0) if self.ranks.world > 1 else 0
         with self._lock:
             delta = self.own + others - self.shown
@@ -155,7 +161,17 @@ class RunProgress:
             self._refresh()
 
     def start(self) -> None:
-        """Announce this process (its counter file names its pid, which the tests use to stop one process)."""
+        """Show the bar (main process); announce this process (its counter file names its pid, which the tests use
+        to stop one process)."""
+        if self.ranks.is_main and self.bar is None:
+            factory = self._bar_factory
+            if factory is None:
+                from tqdm.auto import tqdm as factory
+            kwargs = dict(self._bar_args, initial=self.initial) if self.initial else self._bar_args
+            self.bar = factory(**kwargs)
+            if self.ranks.world > 1:
+                self._poller = threading.Thread(target=self._poll, daemon=True, name="sb-progress")
+                self._poller.start()
         if self.ranks.world > 1:
             self._write()
 
