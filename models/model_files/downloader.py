@@ -4,6 +4,12 @@
   pass, so a half-written file never carries the final name.
 * An existing ``.part`` is resumed with an HTTP ``Range`` request; a host that ignores ranges (answers 200) makes
   the transfer restart from zero. A connection dropped mid-way is retried (resuming) a few times.
+* Redirects may only go to ``https`` (or ``http`` from an ``http`` URL): a hop from ``https`` down to plain
+  ``http``, or to another scheme (``ftp``, ``file``), is refused -- the checksum would still catch a changed file,
+  but a file without a published checksum would not be, and nothing should travel in clear once TLS was asked for.
+* Sizes are checked before and while writing: a host announcing (``Content-Length``) another size than the
+  published one is refused before a byte is written; the transfer stops as soon as it passes the published size,
+  or, when only a rounded size is published, :func:`byte_limit`, so a lying or endless host cannot fill the disk.
 * A file already in place is hashed and reported "already present" when it matches (nothing is fetched).
 * Every failure raises :class:`DownloadError` whose message says what happened (no network, proxy, HTTP status,
   disk full, checksum mismatch, ...) and ends with the manual alternative: the URL and the folder.
@@ -23,6 +29,7 @@ import ssl
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
@@ -33,6 +40,7 @@ from .model_registry import ModelFile, human_size, lookup, manual_alternative, w
 AUTO_DOWNLOAD_ENV = "SALIENT_BG_AUTO_DOWNLOAD"
 USER_AGENT = "salient-background-downloader/1 (+python urllib)"
 CHUNK = 1 << 20
+UNKNOWN_SIZE_LIMIT = 16 * 10**9  # bytes: a file the table gives no size for (more than any model it lists)
 
 
 class DownloadError(UserFacingError):
@@ -230,12 +238,39 @@ def _disk_error(exc: OSError, target_dir: str, entry: ModelFile) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- transfer
+class NoDowngradeRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects (the hubs answer 302 to a CDN) but never from ``https`` to ``http``, nor to a scheme other
+    than http(s) (urllib would follow ``ftp://``)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        old = urllib.parse.urlsplit(req.full_url).scheme.lower()
+        new = urllib.parse.urlsplit(newurl).scheme.lower()
+        if new not in ("http", "https") or (old == "https" and new == "http"):
+            raise DownloadError(f"{req.full_url} redirects to {newurl}: refused (a download asked over https never "
+                                "continues over plain http or another scheme)")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def make_opener(*handlers) -> urllib.request.OpenerDirector:
+    """The downloader's URL opener: :class:`NoDowngradeRedirects` plus ``handlers`` (tests add their own)."""
+    return urllib.request.build_opener(NoDowngradeRedirects, *handlers)
+
+
+def byte_limit(entry: ModelFile) -> int:
+    """The most bytes a download of ``entry`` may write: its published size, else its rounded size plus 10 % and
+    1 MB, else :data:`UNKNOWN_SIZE_LIMIT`."""
+    if entry.size is not None:
+        return entry.size
+    approx = entry.expected_bytes()
+    return int(approx * 1.1) + 10**6 if approx else UNKNOWN_SIZE_LIMIT
+
+
 def _open(url: str, start: int, timeout: float, opener):
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if start:
         headers["Range"] = f"bytes={start}-"
     request = urllib.request.Request(url, headers=headers)
-    return (opener or urllib.request.build_opener()).open(request, timeout=timeout)
+    return (opener or make_opener()).open(request, timeout=timeout)
 
 
 def _transfer(url: str, part: str, entry: ModelFile, *, timeout: float, opener, progress: bool, label: str) -> None:
@@ -275,6 +310,10 @@ def _transfer(url: str, part: str, entry: ModelFile, *, timeout: float, opener, 
             raise DownloadError(
                 f"{url} offers {total} bytes but {entry.filename} should be {entry.size} bytes: not the expected file."
             )
+        limit = byte_limit(entry)
+        if total is not None and total > limit:
+            raise DownloadError(f"{url} offers {total} bytes but {entry.filename} is {entry.display_size()}: refused "
+                                "before writing (not the expected file).")
         bar = _Progress(label, total, start, progress)
         received = 0
         try:
@@ -288,6 +327,9 @@ def _transfer(url: str, part: str, entry: ModelFile, *, timeout: float, opener, 
                         raise _Retryable(f"connection lost after {start + received} bytes: {_describe(exc)}") from exc
                     if not block:
                         break
+                    if start + received + len(block) > limit:  # no Content-Length, or a host sending more than it said
+                        raise DownloadError(f"{url} sent more than the {limit} bytes {entry.filename} can be "
+                                            f"({entry.display_size()}): stopped (not the expected file).")
                     out.write(block)
                     received += len(block)
                     bar.update(len(block))

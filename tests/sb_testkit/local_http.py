@@ -1,7 +1,8 @@
 """A small HTTP file server on 127.0.0.1 for download tests (no internet needed).
 
 Serves in-memory files with HTTP ``Range`` support, records every request, and can misbehave on purpose:
-drop the connection after N bytes (once), ignore ``Range`` headers, or answer an error status. It runs in a daemon
+drop the connection after N bytes (once), ignore ``Range`` headers, send no ``Content-Length``, or answer an
+error status. It runs in a daemon
 thread and shuts itself down after ``lifetime`` seconds even if a test forgets to stop it.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ class LocalFileServer:
         self.ignore_range: set[str] = set()
         self.status: dict[str, int] = {}  # path -> forced HTTP error status
         self.redirects: dict[str, str] = {}  # path -> path it redirects to (302), as Hugging Face / GitHub do
+        self.no_length: set[str] = set()  # paths answered without Content-Length (the body ends when the connection closes)
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
         self.bytes_sent = 0
         self._lock = threading.Lock()
@@ -65,7 +67,11 @@ class LocalFileServer:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.send_header("Accept-Ranges", "bytes")
                 self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(body)))
+                if path in server.no_length:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                else:
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 cut = server.drop_after.pop(path, None)
                 if cut is not None:
