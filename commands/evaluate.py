@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import math
@@ -38,6 +39,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 CSV_NAME, SUMMARY_NAME, SETTINGS_NAME = "expansion.csv", "summary.json", "settings.json"
 SCORE_FIELDS = ["width", "height", "object_px", "sam_px", "expansion_px", "expansion_image_fraction",
                 "expansion_relative", "lost_px", "iou", "sam_score"]
+TIMINGS_NAME = "timings.jsonl"  # seconds per scored image, apart: the result files stay the same for 1 or N processes
+NEW_FAILURES = "_new_failures"  # in the dict evaluate() returns (not written): failures of this run, for the exit status
 SUMMARISED = ["expansion_relative", "expansion_image_fraction", "expansion_px", "iou", "salient_signed"]
 
 
@@ -153,21 +156,16 @@ def read_manifest(path: str) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------- files
 def load_mask(path: str):
-    """Greyscale mask file -> [1,H,W] float (white = object); an image with alpha uses its alpha."""
-    import numpy as np
+    """Mask file -> [1,H,W] float (white = object; alpha if it has one; 16-bit scaled): the pack's one reading of a
+    mask (:func:`models.imaging.image_ops.mask_from_pil`)."""
     import torch
     from PIL import Image
 
+    from ..models.imaging.image_ops import mask_from_pil
+
     with Image.open(path) as img:
         img.load()
-        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-            arr = np.asarray(img.convert("RGBA"))[..., 3]
-        elif img.mode in ("I;16", "I;16B", "I"):
-            arr = np.asarray(img).astype(np.float32)
-            arr = arr / (65535.0 if arr.max() > 255 else 255.0) * 255.0
-        else:
-            arr = np.asarray(img.convert("L"))
-    return torch.from_numpy(arr.astype(np.float32) / 255.0)[None]
+        return torch.from_numpy(mask_from_pil(img))[None]
 
 
 def load_image(path: str):
@@ -272,7 +270,9 @@ def run(args: argparse.Namespace) -> int:
     summary = evaluate(args)
     if args.compare:
         compare_runs(*args.compare)
-    return 1 if summary.get("failed") else 0
+    from .common import exit_status
+
+    return exit_status("evaluate", summary.get(NEW_FAILURES, 0))
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -304,13 +304,14 @@ def _evaluate(args: argparse.Namespace, ranks) -> dict:
     from ..models.precision import parse_device
     from ..models.runs.journal import Journal
     from ..models.runs.ranks import device_name
-    from .common import ensure_output_dir, run_shared_part
+    from .common import ensure_output_dir, remove_stale_temporaries, run_shared_part
 
     # everything cheap first: the SAM file, the inputs, the device and the output folder, before any model loads
     sam_path = resolve_sam(args.sam)
     rows = collect_rows(args)
     device = parse_device(device_name(args.device, ranks))
     ensure_output_dir(args.output, "--output folder")
+    remove_stale_temporaries(ranks, [args.output])
     journal = Journal(args.output, "evaluate")
     if args.dry_run:  # what the folder holds; no model loaded, so the settings are not compared
         state = read_output_state(args.output, journal)
@@ -321,7 +322,7 @@ def _evaluate(args: argparse.Namespace, ranks) -> dict:
     todo, skipped = _plan(rows, state, args)
     fields = _csv_fields(args)
     run_shared_part(ranks, journal, todo, key=lambda r: os.path.basename(r["mask"]), record_key=_record_key,
-                    describe=lambda r: r["generated"], total=len(todo),
+                    describe=lambda r: r["generated"], total=len(todo), already=len(rows) - len(todo),
                     unit="image", desc="evaluate", args=args,
                     make_runner=lambda mine, progress: _runner(args, loaded, device, progress))
     if not ranks.is_main:
@@ -364,15 +365,20 @@ def _plan(rows: list[dict], state: OutputState, args) -> tuple[list[dict], list[
 
 
 def _dry_run(ranks, rows, todo, skipped, state) -> dict:
+    from .common import print_dry_run
+
     if ranks.is_main:
         planned, skipping = {r["generated"] for r in todo}, {r["generated"] for r in skipped}
-        for row in sorted(rows, key=lambda r: r["generated"]):
-            g = row["generated"]
-            status = ("to do" if g in planned else
-                      f"failed before, skipped (--retry-failed): {state.failed[g]['reason']}" if g in skipping else "done")
-            print(f"{row['id']}\t{g}\t{status}")
-        print(f"dry run: {len(rows)} image(s); {len(todo)} to do, {len(rows) - len(todo) - len(skipped)} done, "
-              f"{len(skipped)} failed before (skipped)")
+
+        def status(g: str) -> str:
+            if g in planned:
+                return "to do"
+            return f"failed before, skipped (--retry-failed): {state.failed[g]['reason']}" if g in skipping else "done"
+
+        print_dry_run([(row["id"], row["generated"], status(row["generated"]))
+                       for row in sorted(rows, key=lambda r: r["generated"])],
+                      f"dry run: {len(rows)} image(s); {len(todo)} to do, {len(rows) - len(todo) - len(skipped)} done, "
+                      f"{len(skipped)} failed before (skipped)")
     return {}
 
 
@@ -448,7 +454,7 @@ def _csv_fields(args: argparse.Namespace) -> list[str]:
     fields = ["id", "generated", "mask", "original"] + SCORE_FIELDS
     if args.salient_checkpoint:
         fields.append("salient_signed")
-    return fields + ["seconds"]
+    return fields
 
 
 class ScoreRunner:
@@ -511,32 +517,39 @@ def _read_item(loader, path: str, what: str):
 def _merge(args, settings: dict, state: OutputState, journal, fields: list[str], already: int, skipped: list) -> dict:
     """The main process, once every process is done: the CSV (sorted by generated image) and the summary, written
     atomically from what was scored before and the new records; then the records go."""
-    from ..models.runs.atomic import write_atomically, write_json_atomically
+    from ..models.runs.atomic import write_bytes_if_changed, write_json_if_changed
     from .common import report_failures
 
     records = journal.pending()
     new_failures = sum("failed" in r for r in records.values())
+    _append_timings(os.path.join(args.output, TIMINGS_NAME), records)
     _fold_records(state, records)
     rows = [state.done[g] for g in sorted(state.done)]
-
-    def write_csv(tmp):
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-
-    write_atomically(os.path.join(args.output, CSV_NAME), write_csv)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes_if_changed(os.path.join(args.output, CSV_NAME), table.getvalue().encode("utf-8"))
     failed = [state.failed[g] for g in sorted(state.failed)]
     summary = summarise(rows, args.threshold, settings)
     if failed:
         summary["failed"] = failed
-    write_json_atomically(os.path.join(args.output, SUMMARY_NAME), summary)
+    write_json_if_changed(os.path.join(args.output, SUMMARY_NAME), summary)
     journal.consume(records)
     _print_summary(summary, args)
     print(f"evaluate: {len(records) - new_failures} scored, {already} already scored, {len(failed)} failed")
     report_failures("evaluate", {f["generated"]: dict(f, source=f["generated"]) for f in failed},
                     [r["generated"] for r in skipped])
-    return summary
+    return dict(summary, **{NEW_FAILURES: new_failures})
+
+
+def _append_timings(path: str, records: dict) -> None:
+    """One JSON line per image scored now: how long its scoring took (a log beside the results, not one of them)."""
+    lines = [json.dumps({"generated": r["generated"], "seconds": float(r["seconds"])})
+             for _, r in sorted(records.items()) if "seconds" in r]
+    if lines:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write("\n".join(lines) + "\n")
 
 
 def _print_summary(summary: dict, args) -> None:

@@ -10,9 +10,10 @@ from typing import Optional
 
 from ..models.errors import InputError
 from ..models.runs.item_ids import assign_ids, base_name, colliding_groups
-from .common import add_run_options, check_run_options, ensure_output_dir, report_failures, run_shared_part
+from .common import (add_run_options, check_run_options, ensure_output_dir, exit_status, print_dry_run,
+                     remove_stale_temporaries, report_failures, run_shared_part)
 from ..models.runs.atomic import write_atomically, write_json_atomically
-from ..models.runs.journal import read_merged_manifest
+from ..models.runs.journal import RECORDS_FOLDER, read_merged_manifest
 from .files import IMAGE_SUFFIXES, FoundImage, find_images, save_image_atomically
 
 log = logging.getLogger("salient_background")
@@ -219,9 +220,12 @@ class MaskRunner:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..models.errors import CheckpointError
     from ..models.runs.ranks import join_ranks
 
     check_run_options(args)
+    if not os.path.isfile(args.checkpoint):  # checked before anything, in a dry run too (the loader's own words)
+        raise CheckpointError(f"InSPyReNet checkpoint not found: {args.checkpoint!r} is not a file")
     with join_ranks() as ranks:
         return _run(args, ranks)
 
@@ -241,6 +245,11 @@ def _run(args: argparse.Namespace, ranks) -> int:
              for im, (mask_path, _) in zip(images, output_paths(images, output_dir))]
     settings = run_settings(args, dtype)
     journals = {folder: Journal(folder, "mask") for folder in sorted({w.folder for w in works})}
+    if output_dir:
+        remove_stale_temporaries(ranks, [output_dir])
+    else:  # the photos' own folders: only their top level (our outputs) and our records
+        remove_stale_temporaries(ranks, list(journals), recursive=False)
+        remove_stale_temporaries(ranks, [os.path.join(folder, RECORDS_FOLDER) for folder in journals])
     states = {folder: read_folder_state(folder, journal) for folder, journal in journals.items()}
     todo, done, skipped = plan(works, states, settings, args)
     if args.dry_run:
@@ -248,7 +257,7 @@ def _run(args: argparse.Namespace, ranks) -> int:
     # one journal holds the progress counters; each folder's records stay in that folder
     counter = journals[min(journals)]
     run_shared_part(ranks, counter, todo, key=lambda w: w.key, total=len(todo), unit="image", desc="mask", args=args,
-                    make_runner=lambda mine, progress: _runner(args, settings, device, dtype, progress),
+                    already=len(done) + len(skipped), make_runner=lambda mine, progress: _runner(args, settings, device, dtype, progress),
                     journal_for=lambda w: journals[w.folder], record_key=lambda w: w.id)
     if not ranks.is_main:
         return 0
@@ -256,7 +265,7 @@ def _run(args: argparse.Namespace, ranks) -> int:
     failures = {f"{folder}/{k}": v for folder, (_, failed) in states.items() for k, v in failed.items()}
     print(f"mask: {len(todo) - failed_now} done, {len(done)} already done, {failed_now} failed")
     report_failures("mask", failures, [w.id for w in skipped])
-    return 1 if failures else 0
+    return exit_status("mask", failed_now)
 
 
 def _runner(args, settings, device, dtype, progress) -> MaskRunner:
@@ -284,14 +293,15 @@ def _dry_run(ranks, works, todo, skipped, states) -> int:
     if not ranks.is_main:
         return 0
     planned, skipping = {id(w) for w in todo}, {id(w) for w in skipped}
-    for work in works:
+
+    def status(work) -> str:
         if id(work) in planned:
-            status = "to do"
-        elif id(work) in skipping:
-            status = f"failed before, skipped (--retry-failed): {states[work.folder][1][work.id]['reason']}"
-        else:
-            status = "done"
-        print(f"{os.path.join(work.folder, work.id)}\t{work.found.path}\t{status}")
-    print(f"dry run: {len(works)} image(s); {len(todo)} to do, {len(works) - len(todo) - len(skipped)} done, "
-          f"{len(skipped)} failed before (skipped)")
+            return "to do"
+        if id(work) in skipping:
+            return f"failed before, skipped (--retry-failed): {states[work.folder][1][work.id]['reason']}"
+        return "done"
+
+    print_dry_run([(os.path.join(w.folder, w.id), w.found.path, status(w)) for w in works],
+                  f"dry run: {len(works)} image(s); {len(todo)} to do, {len(works) - len(todo) - len(skipped)} done, "
+                  f"{len(skipped)} failed before (skipped)")
     return 0

@@ -289,8 +289,10 @@ def test_unreadable_image_or_mask_is_reported_and_skipped(dataset, tmp_path, cap
     failed = {os.path.basename(f["generated"]): f["reason"] for f in summary["failed"]}
     assert set(failed) == {"cat_2.png", "bird.png"}
     assert "generated image" in failed["cat_2.png"] and "mask" in failed["bird.png"]
-    # a re-run retries only the failed ones (they still fail) and keeps the scored rows
-    assert _run(dataset, out) == 1
+    # a re-run skips the recorded failures (exit 0: nothing failed anew) and keeps the scored rows; retried, they
+    # fail again (exit 1)
+    assert _run(dataset, out) == 0
+    assert _run(dataset, out, "--retry-failed") == 1
     assert len(_read_csv(out / "expansion.csv")) == 3
 
 
@@ -310,7 +312,7 @@ def test_failures_are_skipped_by_a_rerun_unless_retried_and_a_dry_run_loads_no_m
     real = expansion.score_expansion
     monkeypatch.setattr(expansion, "score_expansion", lambda *a, **k: calls.append(1) or real(*a, **k))
     capsys.readouterr()
-    assert _run(dataset, out) == 1  # the failure is still recorded: skipped, and said so
+    assert _run(dataset, out) == 0  # the failure is still recorded: skipped, and said so (nothing new failed)
     captured = capsys.readouterr()
     assert calls == [] and "1 skipped now as failed before" in captured.err and "cat_2.png" in captured.err
     (dataset / "generated" / "cat_2.png").unlink()
@@ -329,3 +331,37 @@ def test_failures_are_skipped_by_a_rerun_unless_retried_and_a_dry_run_loads_no_m
     assert _run(dataset, out, "--retry-failed") == 0 and calls == [1]
     assert "failed" not in json.loads((out / "summary.json").read_text())
     assert len(_read_csv(out / "expansion.csv")) == 4
+
+
+def test_a_rerun_with_nothing_new_leaves_the_result_files_untouched(dataset, tmp_path):
+    out = tmp_path / "run"
+    assert _run(dataset, out) == 0
+    results = ("expansion.csv", "summary.json", "settings.json")
+    before = {n: ((out / n).stat().st_mtime_ns, (out / n).read_bytes()) for n in results}
+    assert b"seconds" not in before["expansion.csv"][1]  # timings are apart: one line per image scored
+    assert len((out / "timings.jsonl").read_text().splitlines()) == 3
+    assert _run(dataset, out) == 0
+    assert {n: ((out / n).stat().st_mtime_ns, (out / n).read_bytes()) for n in results} == before
+    assert len((out / "timings.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_16_bit_mask_means_the_same_to_generate_and_evaluate(tiny_sd, tmp_path):
+    """The one mask reader: a 16-bit mask at half scale is a half-strength object for both commands (generate once
+    read it clipped to 8 bits: white)."""
+    from salient_background.commands.evaluate import load_mask
+
+    photos, masks = tmp_path / "photos", tmp_path / "masks"
+    photos.mkdir()
+    masks.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(photos / "p.png")
+    sixteen = np.zeros((64, 64), np.uint16)
+    sixteen[16:48, 16:48] = 32768  # about half of 65535
+    Image.fromarray(sixteen).save(masks / "p_mask.png")
+    assert Image.open(masks / "p_mask.png").mode.startswith("I")
+    assert main(["generate", str(photos), "--pipeline", tiny_sd.hf_pipeline_dir, "--masks", str(masks), "--prompt",
+                 "x", "--size", "64", "--steps", "1", "--no-progress", "--device", "cpu",
+                 "--output-dir", str(tmp_path / "out")]) == 0
+    generate_reads = np.asarray(Image.open(tmp_path / "out" / "masks" / "p.png"))  # 64x64: written as read
+    evaluate_reads = load_mask(str(masks / "p_mask.png"))[0].numpy()
+    assert generate_reads[16:48, 16:48].min() == generate_reads[16:48, 16:48].max() == 128
+    assert np.array_equal(generate_reads, np.rint(evaluate_reads * 255).astype(np.uint8))

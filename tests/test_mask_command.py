@@ -16,9 +16,13 @@ from salient_background.models.runs import item_ids
 
 
 @pytest.fixture
-def stub_salient(monkeypatch):
-    """InSPyReNet stand-in: the mask is the photo's red channel (so each output shows which photo it came from)."""
+def stub_salient(monkeypatch, tmp_path):
+    """InSPyReNet stand-in: the mask is the photo's red channel (so each output shows which photo it came from).
+    The checkpoint named on the command line (``unused.pth``, in the working folder) exists, as a run checks."""
     import salient_background.models.networks.salient as salient
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "unused.pth").write_bytes(b"")
 
     class Stub:
         def predict(self, images, **kw):
@@ -80,7 +84,7 @@ def test_bad_output_folder_and_device_are_one_line_errors_before_the_model_loads
     (tmp_path / "file.txt").write_text("x")
     assert _mask(tmp_path / "p.png", "--output-dir", tmp_path / "file.txt") == 2
     assert "is a file" in capsys.readouterr().err
-    assert cli.main(["mask", str(tmp_path / "p.png"), "--checkpoint", "c.pth", "--device", "gpu0"]) == 2
+    assert cli.main(["mask", str(tmp_path / "p.png"), "--checkpoint", "unused.pth", "--device", "gpu0"]) == 2
     assert "unknown device" in capsys.readouterr().err
     assert stub_salient == []
 
@@ -157,3 +161,56 @@ def test_rerun_skips_finished_masks_refuses_other_settings_and_notes_empty_objec
     assert "other settings" in capsys.readouterr().err
     assert _mask(photos, "--output-dir", out, "--binary", "--overwrite") == 0
     assert json.loads((out / "mask_manifest.json").read_text())["settings"]["binary"] is True
+
+
+# ---------------------------------------------------------------------------------------------- before any model
+def test_a_dry_run_checks_the_checkpoint_as_a_real_run_does(tmp_path, stub_salient, capsys):
+    _photo(tmp_path / "p.png", 1)
+    missing = str(tmp_path / "nonexistent.pth")
+    errors = []
+    for extra in ([], ["--dry-run"]):
+        assert cli.main(["mask", str(tmp_path / "p.png"), "--checkpoint", missing, *extra]) == 2
+        errors.append(capsys.readouterr().err)
+    assert errors[0] == errors[1] == f"error: InSPyReNet checkpoint not found: {missing!r} is not a file\n"
+    assert stub_salient == []
+
+
+def test_temporaries_of_a_writer_killed_mid_write_are_removed_by_the_next_run(tmp_path, stub_salient):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from salient_background.models.runs.atomic import temporary_name
+
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    _photo(photos / "a.png", 10)
+    out.mkdir()
+    # a writer killed (SIGKILL) while writing out/a_mask.png: its temporary file stays behind
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from salient_background.models.runs.atomic import write_atomically\n"
+        "def write(tmp):\n"
+        "    open(tmp, 'wb').write(b'half a picture')\n"
+        "    time.sleep(600)\n"
+        f"write_atomically({str(out / 'a_mask.png')!r}, write)\n")])
+    deadline = time.monotonic() + 120
+    while not any(".sbtmp." in n for n in os.listdir(out)):
+        assert writer.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    [stale] = [n for n in os.listdir(out) if ".sbtmp." in n]
+    # a live writer's temporary and a file that is not ours stay
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        live_tmp = os.path.basename(temporary_name(str(out / "b_mask.png"))).replace(f".{os.getpid()}.", f".{live.pid}.")
+        (out / live_tmp).write_bytes(b"being written")
+        (out / ".notes.tmp").write_text("someone else's")
+        assert _mask(photos, "--output-dir", out) == 0
+        left = sorted(n for n in os.listdir(out) if n.startswith("."))
+        assert stale not in left and left == sorted([live_tmp, ".notes.tmp"])
+        assert (out / "a_mask.png").is_file()
+    finally:
+        live.kill()
+        live.wait()

@@ -42,6 +42,29 @@ def write_json_atomically(path: str, data) -> None:
     write_atomically(path, write)
 
 
+def write_bytes_if_changed(path: str, data: bytes) -> bool:
+    """Write ``data`` at ``path`` atomically unless the file already holds exactly these bytes (then it keeps its
+    mtime: a rerun that changed nothing leaves the folder as it was). True when written."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read() == data:
+                return False
+    except OSError:
+        pass
+
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+    write_atomically(path, write)
+    return True
+
+
+def write_json_if_changed(path: str, data) -> bool:
+    """:func:`write_json_atomically`'s bytes, written only when they differ from the file's."""
+    return write_bytes_if_changed(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+
+
 def writer_of(file_name: str):
     """(host, pid) of the writer of one of our temporary files, or None for any other name."""
     if not (file_name.startswith(".") and file_name.endswith(SUFFIX) and MARK in file_name):
