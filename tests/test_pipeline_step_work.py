@@ -25,7 +25,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def pipe(tiny_sd):
-    return pipeline_module.load_pipeline(tiny_sd.hf_pipeline_dir)
+    from salient_background.models.generation.loading import load_pipeline
+
+    return load_pipeline(tiny_sd.hf_pipeline_dir)
 
 
 def _inputs(seed: int):

@@ -443,16 +443,3 @@ def make_scheduler(name: str, config: dict):
     if key not in SCHEDULERS:
         raise InputError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
     return getattr(diffusers, SCHEDULERS[key]).from_config(config)
-
-
-def __getattr__(name: str):
-    """The loaders moved to :mod:`.loading` and :mod:`.model_plan`; these names still reach them while the commands
-    move over (to be removed then)."""
-    moved = {"load_pipeline": ("loading", "load_pipeline"), "load_controlnet": ("loading", "load_controlnet"),
-             "validate_si2_path": ("model_plan", "validate_base_model_path")}
-    if name not in moved:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    module, attribute = moved[name]
-    return getattr(importlib.import_module(f"{__package__}.{module}"), attribute)
