@@ -80,7 +80,8 @@ def write_manifest(out: str, rows: dict[str, dict], run: dict, failed: Optional[
     table = [_csv_row(rows[key]) for key in sorted(rows)]
 
     def write_csv(tmp):
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        # surrogateescape: a photo name that is not UTF-8 is written as its own bytes (not a crash at the end)
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
             writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(table)

@@ -32,17 +32,11 @@ class FramedPhoto:
 
 def load_photo(work: PhotoWork):
     """(photo, supplied mask or None), PIL; the item fails when either cannot be read or they differ in size."""
-    from PIL import Image
-
+    from ..models.imaging.picture_files import open_picture
     from ..models.runs.engine import ItemFailed
 
     item = work.item
-    try:
-        with Image.open(item.path) as pil:
-            pil.load()
-            photo = pil.convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise ItemFailed(f"cannot read it as an image ({exc})") from None
+    photo = open_picture(item.path).convert("RGB")  # as shown (EXIF orientation); unreadable: InputError, per item
     mask = None
     if item.mask_path is not None:
         from ..models.imaging.image_ops import read_mask_file, unit_to_pil_mask

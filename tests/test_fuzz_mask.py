@@ -93,8 +93,10 @@ def stub_salient(monkeypatch):
 def test_mask_over_the_whole_corpus(corpus, tmp_path, stub_salient, capsys):
     folder, cases = corpus
     out = tmp_path / "tree" / "out"
+    (tmp_path / "salient.pth").write_bytes(b"")  # named files must exist; the stub stands in for the model
     before = tree_listing(tmp_path)
-    code = cli.main(["mask", str(folder), "--output-dir", str(out), "--checkpoint", "unused.pth", "--device", "cpu",
+    code = cli.main(["mask", str(folder), "--output-dir", str(out), "--checkpoint", str(tmp_path / "salient.pth"),
+                     "--device", "cpu",
                      "--no-progress"])
     assert code == 1  # some items failed; the others finished
     assert "Traceback" not in capsys.readouterr().err
@@ -121,3 +123,20 @@ def test_mask_over_the_whole_corpus(corpus, tmp_path, stub_salient, capsys):
                 _red_top_quarter(np.asarray(mask))
     with open(out / "mask_manifest.csv", "rb") as fh:  # a name that is not UTF-8 is kept as its own bytes
         assert b"caf\xe9_latin1.png" in fh.read()
+
+
+def test_the_mask_file_reader_refuses_the_same_files_and_turns_phone_photos_upright(corpus):
+    from salient_background.models.imaging.image_ops import read_mask_file
+
+    folder, cases = corpus
+    for case in cases:
+        path = os.path.join(folder, case.name)
+        if case.kind == "ok":
+            assert read_mask_file(path).shape == (case.size[1], case.size[0]), case.name
+        else:
+            with pytest.raises(InputError, match="cannot read mask"):
+                read_mask_file(path)
+    # an EXIF-rotated picture used as a mask reads as shown (a mask drawn on the displayed photo fits it)
+    upright = read_mask_file(os.path.join(folder, "plain.png"))
+    for rotated in ("exif6.jpg", "exif8.jpg"):
+        assert np.abs(read_mask_file(os.path.join(folder, rotated)) - upright).max() <= 8 / 255

@@ -127,14 +127,15 @@ def mask_from_pil(image: Image.Image) -> np.ndarray:
 
 
 def read_mask_file(path: str) -> np.ndarray:
-    """Mask file -> float32 [H,W] in 0..1 (:func:`mask_from_pil`); an unreadable file is an :class:`InputError`
-    that names it."""
+    """Mask file -> float32 [H,W] in 0..1 (:func:`mask_from_pil`), as shown (EXIF orientation applied, as to the
+    photos); an unreadable file or a decompression bomb is an :class:`InputError` that names it
+    (:func:`models.imaging.picture_files.open_picture`)."""
+    from .picture_files import open_picture
+
     try:
-        with Image.open(path) as image:
-            image.load()
-            return mask_from_pil(image)
-    except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
-        raise InputError(f"cannot read mask {path!r}: {exc}") from None
+        return mask_from_pil(open_picture(path))
+    except InputError as exc:
+        raise InputError(f"cannot read mask: {exc}") from None
 
 
 def unit_to_pil_mask(mask: np.ndarray) -> Image.Image:
