@@ -367,3 +367,113 @@ def test_warns_when_framing_leaves_the_object_tiny(tiny_sd, tmp_path, caplog):
         assert _generate(photos, "--pipeline", tiny_sd.hf_pipeline_dir, "--masks", masks, "--prompt", "a swan",
                          "--output-dir", tmp_path / "out") == 0
     assert any("strip.png" in r.getMessage() and "44x4" in r.getMessage() for r in caplog.records), caplog.text
+
+
+# ---------------------------------------------------------------------------------------------- mask -> generate
+def test_a_photo_whose_mask_step_failed_fails_alone_with_that_reason(tiny_sd, tmp_path, monkeypatch, capsys):
+    """The README's flow on a folder with a corrupt photo: `mask` records it as failed; `generate --masks` records it
+    as failed for the mask step's reason and makes every other photo (exit 1: a new failure); a rerun skips it
+    (exit 0: nothing new failed)."""
+    import salient_background.models.networks.salient as salient
+
+    class StubSegmenter:  # a known object: the centre square
+        def predict(self, images, **kw):
+            maps = torch.zeros(images.shape[:3])
+            maps[:, 8:40, 8:40] = 1.0
+            return salient.SalientPrediction(maps=maps, raw_max=torch.ones(images.shape[0]), empty=[False] * images.shape[0])
+
+    monkeypatch.setattr(salient, "load_salient_model", lambda *a, **k: StubSegmenter())
+    photos, _, _ = _photo_folder(tmp_path)
+    (photos / "broken.png").write_bytes(b"not an image")
+    (tmp_path / "ckpt.pth").write_bytes(b"")
+    masks, out = tmp_path / "runs" / "masks", tmp_path / "runs" / "out"
+    assert cli.main(["mask", str(photos), "--checkpoint", str(tmp_path / "ckpt.pth"), "--output-dir", str(masks),
+                     "--no-progress"]) == 1
+    mask_reason = json.loads((masks / "mask_manifest.json").read_text())["failed"][0]["reason"]
+    capsys.readouterr()
+    args = [photos, "--pipeline", tiny_sd.hf_pipeline_dir, "--masks", masks, "--prompt", "a swan", "--output-dir", out]
+    assert _generate(*args) == 1
+    err = capsys.readouterr().err
+    assert "no mask for" not in err and f"its mask failed in the mask step: {mask_reason}" in err
+    assert sorted(os.listdir(out / "generated")) == ["square_s0.png", "wide_s0.png"]
+    failed = json.loads((out / "manifest.json").read_text())["failed"]
+    assert [(f["id"], f["reason"]) for f in failed] == [("broken", f"its mask failed in the mask step: {mask_reason}")]
+    assert _generate(*args) == 0  # recorded before: skipped, and said so
+    assert "skipped now as failed before" in capsys.readouterr().err
+    assert _generate(*args, "--dry-run") == 0
+    assert "dry run: 3 photo(s); 0 to do (0 image(s)), 2 done, 1 failed before (skipped)" in capsys.readouterr().out
+
+
+def test_exit_status_is_1_only_for_failures_new_in_this_run_and_0_under_torchrun(tiny_sd, tmp_path, monkeypatch,
+                                                                               capsys):
+    photos, masks, _ = _photo_folder(tmp_path)
+    (photos / "broken.png").write_bytes(b"not an image")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(masks / "broken_mask.png")
+    args = [photos, "--pipeline", tiny_sd.hf_pipeline_dir, "--masks", masks, "--prompt", "x"]
+    assert _generate(*args, "--output-dir", tmp_path / "a") == 1  # new failure
+    assert _generate(*args, "--output-dir", tmp_path / "a") == 0  # only skipped as failed before
+    assert _generate(*args, "--output-dir", tmp_path / "a", "--retry-failed") == 1  # failed anew
+    assert _generate(*args, "--output-dir", tmp_path / "a", steps=0) == 2  # a usage error
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")  # what torchrun sets in its workers
+    capsys.readouterr()
+    assert _generate(*args, "--output-dir", tmp_path / "b") == 0
+    assert "1 item(s) failed in this run; exit status 0 under torchrun" in capsys.readouterr().err
+
+
+def test_one_generate_run_decides_the_base_once(tiny_sd, tmp_path, monkeypatch):
+    """The models are planned once (ModelPlan): one base decision, one ControlNet fit check per run."""
+    import salient_background.models.bases as bases
+    import salient_background.models.generation.model_plan as model_plan
+
+    calls = {"base": 0, "fits": 0}
+    real_base, real_fits = bases.base_of_model, model_plan.check_controlnet_fits
+
+    def counting_base(*a, **k):
+        calls["base"] += 1
+        return real_base(*a, **k)
+
+    def counting_fits(*a, **k):
+        calls["fits"] += 1
+        return real_fits(*a, **k)
+
+    monkeypatch.setattr(bases, "base_of_model", counting_base)
+    monkeypatch.setattr(model_plan, "base_of_model", counting_base)
+    monkeypatch.setattr(model_plan, "check_controlnet_fits", counting_fits)
+    photos, masks, _ = _photo_folder(tmp_path)
+    assert _generate(photos, "--pipeline", tiny_sd.hf_pipeline_dir, "--masks", masks, "--prompt", "x",
+                     "--output-dir", tmp_path / "o", steps=1) == 0
+    assert calls == {"base": 1, "fits": 1}
+
+
+def test_the_bar_starts_once_the_models_are_loaded_and_counts_what_is_done(tiny_sd, tmp_path, monkeypatch):
+    """Model loading is no step of the bar (and the libraries' loading bars end before ours starts); a resumed run's
+    bar starts at what earlier runs did."""
+    import tqdm.auto
+
+    import salient_background.models.generation.loading as loading
+
+    events = []
+
+    class RecordingBar:
+        def __init__(self, total=None, initial=0, **kw):
+            self.n = initial
+            events.append(("bar", total, initial))
+
+        def update(self, k=1):
+            self.n += k
+
+        def close(self):
+            events.append(("closed", self.n))
+
+    real_load = loading.pipeline_from_plan
+    monkeypatch.setattr(loading, "pipeline_from_plan", lambda *a, **k: events.append(("load",)) or real_load(*a, **k))
+    monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
+    photos, masks, _ = _photo_folder(tmp_path)
+    out = tmp_path / "out"
+    assert _generate(photos / "square.png", "--pipeline", tiny_sd.hf_pipeline_dir, "--masks", masks, "--prompt", "x",
+                     "--output-dir", out) == 0
+    assert events == [("load",), ("bar", 2, 0), ("closed", 2)]  # 1 image x 2 steps, after loading
+    events.clear()
+    assert _generate(photos, "--pipeline", tiny_sd.hf_pipeline_dir, "--masks", masks, "--prompt", "x",
+                     "--output-dir", out) == 0
+    assert events == [("load",), ("bar", 4, 2), ("closed", 4)]  # square's 2 steps were done before
