@@ -114,9 +114,13 @@ def _reference_jobs(args, runs, ids) -> list:
     return [ImageJob("reference", os.path.basename(p), 0, os.path.abspath(p)) for p in photos]
 
 
-def run(args) -> int:
+def run_table(args) -> int:
+    """``evaluate --runs``: everything cheap checked, then the table in this process or shared by the processes."""
     from ..models.runs.ranks import join_ranks
 
+    mixed = [flag for flag in ("masks", "generated", "manifest", "compare") if getattr(args, flag, None)]
+    if mixed:
+        raise InputError(f"--runs takes generate output folders: give it without --{', --'.join(mixed)}")
     the_plan = plan(args)
     with join_ranks() as ranks:
         return _run(args, the_plan, ranks)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -61,7 +62,7 @@ class MeasurementCache:
             with np.load(path, allow_pickle=False) as data:
                 scores = json.loads(str(data[SCORES_ENTRY]))
                 features = {name: data[name] for name in data.files if name != SCORES_ENTRY}
-        except (OSError, ValueError, KeyError, EOFError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             return None
         return Measurement(scores, features)
 

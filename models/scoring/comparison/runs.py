@@ -57,13 +57,14 @@ def read_run(name: str, folder: str) -> Run:
 
 
 def read_runs(specs: Sequence[str]) -> list[Run]:
-    if len(specs) < 2:
-        raise InputError("--runs needs at least two runs: the baseline (first) and a model to compare with it")
+    """The runs of ``--runs`` (one run alone gives its table without comparison)."""
+    if not specs:
+        raise InputError("--runs needs a run folder: the baseline first, then the models to compare with it")
     runs = [read_run(*parse_run(s)) for s in specs]
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise InputError(f"--runs: two runs share a name ({', '.join(names)}); name them NAME=FOLDER")
-    if runs[0].controlnet_scale != 0:
+    if len(runs) > 1 and runs[0].controlnet_scale != 0:
         log.warning("the baseline run %r was not made with --controlnet-scale 0 (its scale: %s)", runs[0].name,
                     runs[0].controlnet_scale)
     return runs
