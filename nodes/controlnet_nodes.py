@@ -78,9 +78,9 @@ def base_for_context(width: Optional[int], has_added_conditioning: bool) -> Opti
 def base_for_comfy_unet_config(unet_config) -> Optional[InpaintingBase]:
     """The base of a ComfyUI model from its detected ``unet_config`` (context width, ``adm_in_channels``)."""
     width, adm = unet_config.get("context_dim"), unet_config.get("adm_in_channels")
-    if adm not in (None, SDXL_ADM_CHANNELS):  # unCLIP, refiner...: added conditioning no inpainting base has
+    if adm not in {f.adm_in_channels for f in bases.COMFY_FAMILIES}:  # unCLIP, refiner...: no base of ours has it
         return None
-    return base_for_context(int(width) if width else None, adm == SDXL_ADM_CHANNELS)
+    return base_for_context(int(width) if width else None, adm is not None)
 
 
 def describe_sampled(base: Optional[InpaintingBase], width: Optional[int], model_class: str = "") -> str:
