@@ -32,10 +32,11 @@ from dataclasses import dataclass
 
 from ..models.errors import InputError, UserFacingError
 from .common import add_run_options, check_run_options
+from .evaluate_inputs import (_read_item, collect_rows, load_image, load_mask, pair_folders,  # noqa: F401 (also
+                              read_manifest, resolve_sam)  # imported from here by evaluate_table and the tests)
 
 log = logging.getLogger("salient_background")
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 CSV_NAME, SUMMARY_NAME, SETTINGS_NAME = "expansion.csv", "summary.json", "settings.json"
 SCORE_FIELDS = ["width", "height", "object_px", "sam_px", "expansion_px", "expansion_image_fraction",
                 "expansion_relative", "lost_px", "iou", "sam_score"]
@@ -79,105 +80,6 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-# ---------------------------------------------------------------------------------------------- pairing
-def _list_images(folder: str) -> list[str]:
-    if not os.path.isdir(folder):
-        raise InputError(f"not a folder: {folder!r}")
-    found = []
-    for root, _, files in sorted(os.walk(folder)):
-        found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_SUFFIXES)]
-    return found
-
-
-def _stem(path: str) -> str:
-    return os.path.splitext(os.path.basename(path))[0]
-
-
-def _mask_key(path: str) -> str:
-    stem = _stem(path)
-    return stem[: -len("_mask")] if stem.endswith("_mask") else stem
-
-
-def pair_folders(masks_dir: str, generated_dir: str, originals_dir: str | None = None) -> list[dict]:
-    """Rows {id, mask, generated, original} from the folder layout (see the module doc)."""
-    masks = {}
-    for path in _list_images(masks_dir):
-        key = _mask_key(path)
-        if key in masks:
-            raise InputError(f"two masks for {key!r}: {masks[key]} and {path}")
-        masks[key] = path
-    originals = {_stem(p): p for p in _list_images(originals_dir)} if originals_dir else {}
-    keys_by_length = sorted(masks, key=len, reverse=True)
-    rows, unmatched = [], []
-    for gen in _list_images(generated_dir):
-        stem = _stem(gen)
-        key = next((k for k in keys_by_length if stem == k or (stem.startswith(k) and stem[len(k)] in "_-.")), None)
-        if key is None:
-            unmatched.append(gen)
-            continue
-        rows.append({"id": key, "mask": masks[key], "generated": gen, "original": originals.get(key, "")})
-    if unmatched:
-        log.warning("%d generated image(s) match no mask and are skipped, e.g. %s", len(unmatched), unmatched[0])
-    if not rows:
-        raise InputError(f"no generated image in {generated_dir!r} matches a mask in {masks_dir!r} "
-                         "(a generated file must be named <mask name>.png or <mask name>_<anything>.png)")
-    return rows
-
-
-def read_manifest(path: str) -> list[dict]:
-    base = os.path.dirname(os.path.abspath(path))
-
-    def resolve(p: str) -> str:
-        p = p.strip()
-        return p if not p or os.path.isabs(p) else os.path.join(base, p)
-
-    if not os.path.isfile(path):
-        raise InputError(f"manifest {path!r} not found{' (it is a folder)' if os.path.isdir(path) else ''}: give the "
-                         "CSV file that lists mask and generated")
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            header, records = reader.fieldnames or [], list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"cannot read the manifest {path!r}: {exc}") from None
-    missing = {"mask", "generated"} - set(header)
-    if missing:
-        raise InputError(f"manifest {path!r} lacks the column(s) {sorted(missing)}; its header is {header}")
-    rows = []
-    for rec in records:
-        for gen in filter(None, (g.strip() for g in (rec.get("generated") or "").split(";"))):
-            rows.append({"id": (rec.get("id") or "").strip() or _mask_key(rec["mask"] or ""),
-                         "mask": resolve(rec["mask"] or ""), "generated": resolve(gen),
-                         "original": resolve(rec.get("original") or "")})
-    if not rows:
-        raise InputError(f"manifest {path!r} lists no generated image")
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------- files
-def load_mask(path: str):
-    """Mask file -> [1,H,W] float (white = object; alpha if it has one; 16-bit scaled): the pack's one reading of a
-    mask (:func:`models.imaging.image_ops.mask_from_pil`)."""
-    import torch
-    from PIL import Image
-
-    from ..models.imaging.image_ops import mask_from_pil
-
-    with Image.open(path) as img:
-        img.load()
-        return torch.from_numpy(mask_from_pil(img))[None]
-
-
-def load_image(path: str):
-    from PIL import Image
-
-    from ..models.imaging.image_ops import pil_to_image
-
-    with Image.open(path) as img:
-        img.load()
-        return pil_to_image(img)[0]
-
-
 def _fmt(value) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else repr(value)
@@ -188,7 +90,7 @@ def read_results(csv_path: str) -> list[dict]:
     """Complete rows of a results CSV (a row cut short by an interruption is dropped)."""
     if not os.path.isfile(csv_path):
         return []
-    with open(csv_path, newline="", encoding="utf-8") as fh:
+    with open(csv_path, newline="", encoding="utf-8", errors="surrogateescape") as fh:  # as written by _merge
         reader = csv.DictReader(fh)
         fields = reader.fieldnames or []
         return [row for row in reader if all(row.get(f) not in (None, "") for f in fields if f != "original")]
@@ -232,30 +134,6 @@ def compare_runs(run_a: str, run_b: str, out=None) -> dict:
     if differing:
         print(f"warning: the runs used different settings ({', '.join(differing)}); the ratio mixes protocols", file=out)
     return ratios
-
-
-def resolve_sam(name: str) -> str:
-    """A path, or a file name (or a download name such as ``sam-vit-b``) looked up in ComfyUI's ``sams`` folders
-    (found as the ``download`` command finds them: the ComfyUI around the pack, ``COMFYUI_PATH``, its
-    extra_model_paths.yaml)."""
-    from ..models.model_files.model_paths import discover
-    from ..models.model_files.model_registry import lookup, where_to_get
-
-    if os.path.isfile(name):
-        return name
-    if os.path.isdir(name):
-        raise InputError(f"--sam {name!r} is a folder: give a SAM checkpoint file (e.g. sam_vit_b_01ec64.pth)")
-    published = [m for m in lookup(name) if m.folder == "sams"]
-    try:
-        folders = discover().paths("sams")
-    except UserFacingError:
-        folders = []
-    for base in folders:
-        for candidate in [name] + [m.filename for m in published]:
-            if os.path.isfile(os.path.join(base, candidate)):
-                return os.path.join(base, candidate)
-    raise InputError(f"SAM checkpoint {name!r} not found (not a file; searched: {', '.join(folders) or 'no sams folder known'}). "
-                     + where_to_get(published or "sam"))
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -333,7 +211,7 @@ def _evaluate(args: argparse.Namespace, ranks) -> dict:
 def _record_key(row: dict) -> str:
     import hashlib
 
-    return hashlib.sha1(row["generated"].encode("utf-8")).hexdigest()[:20]
+    return hashlib.sha1(row["generated"].encode("utf-8", "surrogatepass")).hexdigest()[:20]  # a non-UTF-8 name too
 
 
 @dataclass
@@ -380,19 +258,6 @@ def _dry_run(ranks, rows, todo, skipped, state) -> dict:
                       f"dry run: {len(rows)} image(s); {len(todo)} to do, {len(rows) - len(todo) - len(skipped)} done, "
                       f"{len(skipped)} failed before (skipped)")
     return {}
-
-
-def collect_rows(args: argparse.Namespace) -> list[dict]:
-    """The (mask, generated, original) rows to score, with absolute paths; a missing file is an error now."""
-    rows = read_manifest(args.manifest) if args.manifest else pair_folders(args.masks, args.generated, args.originals)
-    for row in rows:
-        row["generated"] = os.path.abspath(row["generated"])
-        row["mask"] = os.path.abspath(row["mask"])
-        row["original"] = os.path.abspath(row["original"]) if row.get("original") else ""
-        for key in ("mask", "generated"):
-            if not os.path.isfile(row[key]):
-                raise InputError(f"{key} file not found: {row[key]!r}")
-    return rows
 
 
 def _settings(args: argparse.Namespace, sam_path: str, sam_variant: str) -> dict:
@@ -471,13 +336,19 @@ class ScoreRunner:
     def compute(self, ready: list) -> list:
         from ..models.scoring.expansion import score_expansion, signed_salient_change
 
+        from ..models.runs.engine import ItemFailed
+
         results = []
         for row, (mask, image) in ready:
             start = time.perf_counter()
             if row["mask"] != self._mask_path:  # rows of one mask are adjacent: keep its prompts meanwhile
                 self._mask_path, self._prompt_cache = row["mask"], {}
-            result = score_expansion(self.model, image, mask, points=self.args.points, seed=self.args.seed,
-                                     mask_choice=self.args.mask_choice, prompt_cache=self._prompt_cache)
+            try:
+                result = score_expansion(self.model, image, mask, points=self.args.points, seed=self.args.seed,
+                                         mask_choice=self.args.mask_choice, prompt_cache=self._prompt_cache)
+            except UserFacingError as exc:  # e.g. a mask of another aspect ratio: this row fails, the run goes on
+                results.append(ItemFailed(str(exc)))
+                continue
             record = dict(row, **result.scores[0].as_dict())
             if self.salient is not None:
                 maps = self.salient.predict(image, resize="dynamic").maps.float().cpu()
@@ -506,14 +377,6 @@ def _runner(args, loaded_sam, device, progress) -> ScoreRunner:
     return ScoreRunner(loaded_sam.model.to(device), salient, args, progress)
 
 
-def _read_item(loader, path: str, what: str):
-    """``loader(path)``, an unreadable file becoming an :class:`InputError` that names it."""
-    try:
-        return loader(path)
-    except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
-        raise InputError(f"cannot read the {what} {path} ({exc})") from None
-
-
 def _merge(args, settings: dict, state: OutputState, journal, fields: list[str], already: int, skipped: list) -> dict:
     """The main process, once every process is done: the CSV (sorted by generated image) and the summary, written
     atomically from what was scored before and the new records; then the records go."""
@@ -529,7 +392,7 @@ def _merge(args, settings: dict, state: OutputState, journal, fields: list[str],
     writer = csv.DictWriter(table, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    write_bytes_if_changed(os.path.join(args.output, CSV_NAME), table.getvalue().encode("utf-8"))
+    write_bytes_if_changed(os.path.join(args.output, CSV_NAME), table.getvalue().encode("utf-8", "surrogateescape"))
     failed = [state.failed[g] for g in sorted(state.failed)]
     summary = summarise(rows, args.threshold, settings)
     if failed:
