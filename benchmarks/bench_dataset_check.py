@@ -108,16 +108,18 @@ def main() -> None:
     parser.add_argument("--bad", type=int, default=3, help="rows broken of each kind")
     parser.add_argument("--size", type=int, default=64, help="photo width in pixels (height 3/4 of it)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=None, help="threads of the check (default: the trainer's)")
     parser.add_argument("--cold", action="store_true", help="evict the files from the page cache before each arm "
                                                             "(Linux): reads come from the disk")
     args = parser.parse_args()
     from salient_background.training.dataset_check import WORKERS
 
+    workers = args.workers or WORKERS
     with tempfile.TemporaryDirectory() as root:
         start = time.perf_counter()
         broken = make_dataset(root, args.rows, args.bad, args.size)
         print(f"{args.rows} rows ({len(broken)} broken) written in {time.perf_counter() - start:.1f} s")
-        arms = {f"check ({WORKERS} threads)": lambda: check(root, WORKERS), "check, 1 thread": lambda: check(root, 1),
+        arms = {f"check ({workers} threads)": lambda: check(root, workers), "check, 1 thread": lambda: check(root, 1),
                 "full decode, 1 thread": lambda: full_decode(root)}
         best = {name: float("inf") for name in arms}
         for _ in range(args.repeats):
@@ -130,7 +132,7 @@ def main() -> None:
                 assert found == broken, (name, found, broken)
         for name, seconds in best.items():
             print(f"{name:24s} {seconds:7.2f} s  {seconds / args.rows * 1e6:7.1f} us/row")
-        ours = best[f"check ({WORKERS} threads)"]
+        ours = best[f"check ({workers} threads)"]
         print(f"ratio check / full decode: {ours / best['full decode, 1 thread']:.3f}")
         print(f"ratio check / check on 1 thread: {ours / best['check, 1 thread']:.3f}")
 

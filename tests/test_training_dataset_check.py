@@ -214,6 +214,23 @@ def test_the_check_runs_the_same_on_a_thread_pool(clean_dataset, tmp_path):
     assert [b.line % 8 for b in one[:3]] == [n % 8 for n in BROKEN_LINES]
 
 
+def test_damaged_pixels_behind_a_good_header_fail_at_load_naming_the_file(clean_dataset, tmp_path):
+    """Only headers are checked: a mask cut short passes the check, then the loader's error names it (no raw
+    decoder traceback)."""
+    folder = str(tmp_path / "dataset")
+    shutil.copytree(clean_dataset, folder)
+    mask = os.path.join(folder, _manifest_lines(folder)[0]["mask"])
+    data = open(mask, "rb").read()
+    with open(mask, "wb") as fh:
+        fh.write(data[: len(data) // 2])
+    _, entries = tdata.parse_manifest(folder)
+    assert dataset_check.find_bad_rows(entries) == []
+    ds = tdata.SalientTrainingDataset([e.row for e in entries], tdata.SampleConfig(resolution=64, resize_to=80))
+    with pytest.raises(InputError, match="cannot read the training photo .* or its mask '.*' .*truncated.*resume"):
+        ds[0]
+    assert mask in str(pytest.raises(InputError, ds.read_row, 0).value)
+
+
 # ------------------------------------------------------------------------------------------------ prepare
 def test_prepare_reports_an_unreadable_mask_per_photo(tmp_path):
     """Existing masks: one too large to decode safely (PIL's DecompressionBombError, which is no OSError), one of
