@@ -202,6 +202,7 @@ def main() -> None:
         comfy_child(args)
         return
     torch.set_num_threads(args.threads)
+    load_at_start = os.getloadavg()[0]  # the machine may be shared: the run states its load
     if args.base != "sd2-inpainting":  # the SD2 run's lines stay as they were
         print(f"base {args.base}: full-size architecture, random weights", flush=True)
     if args.comfyui:  # first, in its own process, before this one holds ~7 GiB of models
@@ -271,6 +272,7 @@ def main() -> None:
             print(f"per image (scale 1.0, best of {args.repeats}): ours {image1:.2f} s, reference {ref_time:.2f} s, "
                   f"ratio {image1 / ref_time:.3f} (goal <= 1.0); max |ours - reference| = {diff:.3g}")
             print("all runs, s/image: " + "; ".join(f"{k} " + ", ".join(f"{r[0]:.1f}" for r in v) for k, v in runs.items()))
+    print(f"load average (1 min): {load_at_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
 
 
 if __name__ == "__main__":
