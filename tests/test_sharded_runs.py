@@ -37,7 +37,7 @@ def _kill_then_resume(args, out, kind: str) -> subprocess.CompletedProcess:
     proc = subprocess.Popen(_command(args, 2), env=_env(**{PAUSE_ENV: "2"}), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 600  # two processes load their models first (slow on a busy machine)
         while not (_done_records(records) and os.path.isfile(os.path.join(counters, "rank1.json"))):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
             time.sleep(0.1)
@@ -101,12 +101,12 @@ def generate_inputs(tiny_sd, tmp_path_factory):  # noqa: F811
 def test_generate_on_two_processes_writes_the_files_of_one(generate_inputs):
     root, args = generate_inputs
     two = _run([*args, "--output-dir", root / "two"], processes=2)
-    assert "broken.png" in two.stderr and "cannot read it as an image" in two.stderr
+    assert "broken.png" in two.stderr and "cannot read" in two.stderr
     expected = _files(root / "one")
     assert len([n for n in expected if n.startswith("generated")]) == 10
     assert _files(root / "two") == expected  # no .records left either: merged and removed
     failed = json.loads((root / "one" / "manifest.json").read_text())["failed"]
-    assert [(f["id"], "cannot read it as an image" in f["reason"]) for f in failed] == [("broken", True)]
+    assert [(f["id"], "cannot read" in f["reason"]) for f in failed] == [("broken", True)]
 
 
 def test_generate_killed_then_resumed_writes_the_files_of_an_uninterrupted_run(generate_inputs):
