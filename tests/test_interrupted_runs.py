@@ -43,10 +43,16 @@ def photos(tiny_sd, tmp_path_factory):
     return root, args
 
 
+def _default_sigint() -> None:
+    """A shell that starts the tests in the background ignores SIGINT in them, and Python keeps an ignored SIGINT:
+    the command must see Ctrl-C as a user's terminal sends it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(args, out, processes: int, sig) -> subprocess.CompletedProcess:
     """Start the command in its own process group; once its first image is written, send ``sig`` to the group."""
     proc = subprocess.Popen(command(args, processes), env=child_env(**{PAUSE_ENV: "1"}), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_default_sigint)
     try:
         deadline = time.monotonic() + 240
         generated = out / "generated"
