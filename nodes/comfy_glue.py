@@ -7,13 +7,14 @@ which is what the unit tests exercise; inside ComfyUI they use ComfyUI's own mac
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Iterable
 
 import torch
 
 from ..models.networks.checkpoint_io import WEIGHT_SUFFIXES
-from ..models.errors import CheckpointError
+from ..models.errors import CheckpointError, InputError
 from ..models.model_files.model_registry import FOLDER_DEFAULT_SUBDIRS
 
 log = logging.getLogger("salient_background")
@@ -267,6 +268,15 @@ class Progress:
         if self._bar is not None:
             self._bar.update(n)
         self.check_interrupt()
+
+
+def refuse_nan(**values: float) -> None:
+    """ComfyUI checks a FLOAT input only against its min and max, and NaN passes both comparisons (an API client or
+    an edited workflow file can send it): refuse it by name, before it silently gives a black or empty result."""
+    bad = [name for name, value in values.items() if isinstance(value, float) and math.isnan(value)]
+    if bad:
+        raise InputError(f"{' and '.join(bad)} is NaN (not a number): set {'them' if len(bad) > 1 else 'it'} to a "
+                         "number within the widget's range")
 
 
 # ---------------------------------------------------------------------------------------------- model sub-folders

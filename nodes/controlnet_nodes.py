@@ -326,6 +326,7 @@ class SalientControlNetConditioning:
 
     def apply(self, positive, negative, control_net, vae, image, object_mask, strength=1.0, start_percent=0.0,
               end_percent=1.0, noise_mask=False):
+        comfy_glue.refuse_nan(strength=strength, start_percent=start_percent, end_percent=end_percent)
         if not is_salient_controlnet(control_net):
             raise InputError(
                 "control_net is not the salient ControlNet: load it with 'Load Salient ControlNet' (the stock loader "
@@ -405,6 +406,7 @@ class FrameForInpainting:
                    "SalientBG_FrameForSD2.)")
 
     def frame(self, image, mode="letterbox", size=512, upscale_small=False, margin=0.25, object_mask=None):
+        comfy_glue.refuse_nan(margin=margin)
         if mode not in _FRAMING_MODE:
             raise InputError(f"unknown mode {mode!r}; one of {FRAME_MODES}")
         if mode == "crop around object" and object_mask is None:

@@ -33,6 +33,7 @@ class MaskRefine:
     DESCRIPTION = "Threshold -> fill holes -> keep largest parts -> grow/shrink -> feather -> invert, on every mask of a batch."
 
     def refine(self, mask, threshold=0.0, grow=0, feather=0, fill_holes=False, keep_largest=0, invert=False):
+        comfy_glue.refuse_nan(threshold=threshold)
         progress = comfy_glue.Progress(1)
         out = mask_ops.refine(mask, threshold_at=threshold, fill=fill_holes, keep_largest=keep_largest,
                               grow_by=grow, feather_by=feather, invert_result=invert)

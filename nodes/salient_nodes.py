@@ -31,7 +31,7 @@ class SalientModel:
 
 
 # Loaded models survive graph edits; a replaced file is reloaded.
-_MODELS: ModelCache[SalientModel] = ModelCache(size=2)
+_MODELS: ModelCache[SalientModel] = ModelCache(size=2, name="salient")
 
 
 def load_salient_model_cached(path: str, mode: str, precision: str) -> SalientModel:

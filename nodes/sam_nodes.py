@@ -53,7 +53,7 @@ class SamHandle:
 
 
 # Loaded SAMs survive graph edits; a replaced file is reloaded.
-_MODELS: ModelCache[SamHandle] = ModelCache(size=2)
+_MODELS: ModelCache[SamHandle] = ModelCache(size=2, name="sam")
 
 
 def load_sam_cached(path: str) -> SamHandle:

@@ -168,3 +168,22 @@ def test_sam_loader_loads_a_model_once_for_concurrent_requests(weights, monkeypa
     for thread in threads:
         thread.join(timeout=30)
     assert load.calls == 1 and len(handles) == 4 and all(h is handles[0] for h in handles)
+
+
+def test_cache_contents_lists_what_every_named_cache_holds(weights, tmp_path):
+    """What the ComfyUI soak reads from inside the server: each cache's (real path, *settings), oldest first; a
+    replaced file keeps one entry; the node modules' caches are listed by name."""
+    from salient_background.models.model_files.model_cache import cache_contents
+
+    other = tmp_path / "other.pth"
+    other.write_bytes(b"other")
+    cache, load = ModelCache(size=2, name="test-contents"), CountingLoader()
+    cache.get(str(weights), ("fast",), load)
+    cache.get(str(other), ("fast",), load)
+    cache.get(str(weights), ("fast",), load)  # a hit moves it to the end
+    real = os.path.realpath
+    assert cache_contents()["test-contents"] == [(real(other), "fast"), (real(weights), "fast")]
+    weights.write_bytes(b"second version, longer")  # replaced on disk: reloaded, still one entry for the file
+    cache.get(str(weights), ("fast",), load)
+    assert load.calls == 3 and cache.keys() == [(real(other), "fast"), (real(weights), "fast")]
+    assert {"salient", "sam"} <= set(cache_contents())

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Callable, Generic, Hashable, TypeVar
 
 T = TypeVar("T")
+
+_ALL_CACHES: "weakref.WeakSet[ModelCache]" = weakref.WeakSet()
 
 
 def file_stamp(path: str) -> tuple[int, int]:
@@ -29,12 +32,19 @@ class ModelCache(Generic[T]):
     load it once.
     """
 
-    def __init__(self, size: int = 2):
+    def __init__(self, size: int = 2, name: str = ""):
         if size < 1:
             raise ValueError("a model cache holds at least one model")
         self.size = size
+        self.name = name or f"cache-{id(self):x}"
         self._entries: OrderedDict[tuple, tuple[tuple[int, int], T]] = OrderedDict()
         self._lock = threading.Lock()
+        _ALL_CACHES.add(self)
+
+    def keys(self) -> list[tuple]:
+        """The ``(real path, *settings)`` of every model held, least recently used first."""
+        with self._lock:
+            return list(self._entries)
 
     def get(self, path: str, settings: tuple[Hashable, ...], load: Callable[[], T]) -> T:
         """The cached model for ``path`` and ``settings``, or ``load()``'s result (then cached)."""
@@ -51,3 +61,11 @@ class ModelCache(Generic[T]):
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
             return model
+
+
+def cache_contents() -> dict[str, list[tuple]]:
+    """What every model cache alive holds: ``{cache name: [(real path, *settings), ...]}``.
+
+    Tells, without loading anything, which models stay in memory between runs (the soak test checks that each
+    model is held once)."""
+    return {cache.name: cache.keys() for cache in sorted(_ALL_CACHES, key=lambda c: c.name)}
