@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -134,11 +135,8 @@ def _write_record(output_dir: str, manifest: str, digest: str, rows: int, skippe
     _write_atomically(os.path.join(output_dir, DATA_CHECK), json.dumps(record, indent=2) + "\n")
     csv_path = os.path.join(output_dir, SKIPPED_ROWS)
     if skipped:
-        lines = [["line", "reason"]] + [[b.line, b.reason] for b in skipped]
-        from io import StringIO
-
-        buffer = StringIO()
-        csv.writer(buffer).writerows(lines)
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows([["line", "reason"]] + [[b.line, b.reason] for b in skipped])
         _write_atomically(csv_path, buffer.getvalue())
     elif os.path.isfile(csv_path):  # an earlier run's list would describe rows this run trains on
         os.remove(csv_path)
