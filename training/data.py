@@ -147,11 +147,22 @@ def read_manifest(path: str) -> list[dict]:
     return [e.row for e in entries]
 
 
+def json_line(record: dict) -> str:
+    """One JSONL line: UTF-8 text as is (readable captions), except for a file name that is not valid UTF-8 (a
+    Latin-1 camera card's: surrogate escapes), which is written as ``\\udcXX`` escapes that read back the same."""
+    text = json.dumps(record, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(record)
+    return text + "\n"
+
+
 def write_manifest(path: str, rows: Sequence[dict]) -> None:
     """Write rows (paths already relative to the manifest's folder) as JSONL or CSV (by extension), atomically."""
     tmp = path + ".tmp"
     if path.lower().endswith(".csv"):
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:  # names as their bytes
             writer = csv.DictWriter(fh, fieldnames=["image", "mask", "caption", "width", "height", "mask_area"])
             writer.writeheader()
             for r in rows:
@@ -162,7 +173,7 @@ def write_manifest(path: str, rows: Sequence[dict]) -> None:
     else:
         with open(tmp, "w", encoding="utf-8") as fh:
             for r in rows:
-                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+                fh.write(json_line(r))
     os.replace(tmp, path)
 
 

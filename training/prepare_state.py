@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from filelock import FileLock
 
-from .data import read_manifest, write_manifest
+from .data import json_line, read_manifest, write_manifest
 
 LOCK_FILE = ".prepare.lock"
 
@@ -88,7 +88,7 @@ def merge_parts(out_dir: str, manifest_name: str, report: PrepareReport) -> None
     tmp = os.path.join(out_dir, "rejected.jsonl.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         for k in sorted(rejected):
-            fh.write(json.dumps(rejected[k], ensure_ascii=False) + "\n")
+            fh.write(json_line(rejected[k]))
     os.replace(tmp, os.path.join(out_dir, "rejected.jsonl"))
     shutil.rmtree(os.path.join(out_dir, "parts"), ignore_errors=True)
     totals = {"rows": len(kept), "rejected": dict(Counter(r["reason"] for r in rejected.values())),
@@ -113,12 +113,12 @@ class PartWriter:
         self.rejected = open(os.path.join(self.parts, f"rejected-{tag}.jsonl"), "a", encoding="utf-8")
 
     def reject(self, image: str, reason: str, detail: str = "") -> None:
-        self.rejected.write(json.dumps({"image": image, "reason": reason, "detail": detail}, ensure_ascii=False) + "\n")
+        self.rejected.write(json_line({"image": image, "reason": reason, "detail": detail}))
         self.rejected.flush()
 
     def keep(self, rows: list) -> None:
         for row in rows:
-            self.kept.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self.kept.write(json_line(row))
         self.kept.flush()
 
     def close(self) -> None:

@@ -68,8 +68,20 @@ def coco_entries(annotations: str, images_dir: str, used_labels: Optional[set] =
             captions.setdefault(ann["image_id"], []).append(" ".join(str(ann["caption"]).split()))
     label = _label(images_dir, used_labels if used_labels is not None else set())
     root = os.path.abspath(images_dir)
-    return [Entry(os.path.join(root, im["file_name"]), label, im["file_name"], captions.get(im["id"], []))
+    return [Entry(os.path.join(root, im["file_name"]), label, output_rel(im["file_name"]), captions.get(im["id"], []))
             for im in sorted(coco["images"], key=lambda im: im["file_name"])]
+
+
+def output_rel(file_name: str) -> str:
+    """The relative path the outputs of a photo named ``file_name`` get (``masks/<source>/<it>.png``, the copy under
+    ``images/``): ``file_name`` itself when it stays below its folder; a name that leaves it (``../x.jpg``, an
+    absolute path: legitimate to READ) is flattened into ``_outside/<parts joined by __>``, so nothing is ever
+    written outside the dataset folder."""
+    normal = os.path.normpath(file_name)
+    parts = [p for p in normal.replace("\\", "/").split("/") if p not in ("", ".", "..")]
+    if os.path.isabs(normal) or normal == ".." or normal.startswith(".." + os.sep) or normal.startswith("../"):
+        return os.path.join("_outside", "__".join(parts) or "photo")
+    return normal
 
 
 def sidecar_captions(image_path: str) -> list[str]:
@@ -106,8 +118,8 @@ class Blip2Captioner:
 
 
 def load_rgb(path: str):
-    from PIL import Image, ImageOps
+    """The photo as shown (EXIF orientation applied), RGB; a decompression bomb is refused before its pixels are
+    allocated (:func:`models.imaging.picture_files.open_picture`)."""
+    from ..models.imaging.picture_files import open_picture
 
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        return im.convert("RGB")
+    return open_picture(path).convert("RGB")

@@ -3,11 +3,13 @@ torchmetrics' ``NoTrainInceptionV3``) with the FID weights read from a local fil
 
 Preprocessing (torch-fidelity's, the original TensorFlow FID's): 8-bit RGB, resized to 299x299 with torch-fidelity's
 TensorFlow-1-compatible bilinear interpolation (``antialias=False`` in torchmetrics), scaled as ``(x - 128) / 128``;
-the feature is the 2048-d output of the final average pool. The file is checked with ``torch.load(weights_only=True)``
-before torch-fidelity reads it (torch-fidelity itself unpickles with ``weights_only=False``).
+the feature is the 2048-d output of the final average pool. The file is read once, with ``torch.load(weights_only=True)``;
+torch-fidelity (which unpickles with ``weights_only=False``) is handed those tensors re-serialised in memory, never the
+file, so no code in the file can run (nor a file swapped after the check).
 """
 from __future__ import annotations
 
+import io
 import logging
 
 import torch
@@ -57,10 +59,13 @@ def load_inception(path: str, device=None) -> InceptionFeatures:
     if missing:
         raise CheckpointError(f"{path!r} is not Inception-v3 in the FID weights layout (no {', '.join(missing)}; "
                               f"its keys: {describe_keys(state)})")
+    checked = io.BytesIO()
+    torch.save(state, checked)  # plain tensors only: what torch-fidelity unpickles is ours, not the file
     del state
+    checked.seek(0)
     try:
         network = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(FEATURE_DIM)],
-                                     feature_extractor_weights_path=path, antialias=False)
+                                     feature_extractor_weights_path=checked, antialias=False)
     except RuntimeError as exc:  # load_state_dict: wrong shapes or keys
         raise CheckpointError(f"{path!r} does not fit Inception-v3 in the FID weights layout: {exc}") from None
     device = torch.device(device) if device is not None else torch.device("cpu")
