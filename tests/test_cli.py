@@ -72,3 +72,25 @@ def test_no_progress_switches_off_the_libraries_loading_bars():
     """)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "False", "True"]
+
+
+def test_sigterm_stops_a_command_as_ctrl_c_does():
+    """SIGTERM (torchrun's, a scheduler's, kill's) ends like Ctrl-C: one line, exit code 130, and the command's own
+    cleanup runs (the default would kill it mid-write)."""
+    done = _python("""
+        import argparse, os, signal, sys, time
+        from salient_background.cli import run_parsed
+
+        def command(args):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)
+            finally:
+                print("cleaned up")
+            return 0
+
+        sys.exit(run_parsed(argparse.Namespace(verbose=False, func=command)))
+    """)
+    assert done.returncode == 130, done.stderr
+    assert done.stdout.strip() == "cleaned up"
+    assert done.stderr.strip() == "interrupted; rerun the same command to resume"
