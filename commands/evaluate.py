@@ -205,7 +205,8 @@ def _evaluate(args: argparse.Namespace, ranks) -> dict:
                     make_runner=lambda mine, progress: _runner(args, loaded, device, progress))
     if not ranks.is_main:
         return {}
-    return _merge(args, settings, state, journal, fields, len(rows) - len(todo) - len(skipped), skipped)
+    return _merge(args, settings, state, journal, fields, len(rows) - len(todo) - len(skipped), skipped,
+                  {_record_key(row) for row in todo})
 
 
 def _record_key(row: dict) -> str:
@@ -377,14 +378,17 @@ def _runner(args, loaded_sam, device, progress) -> ScoreRunner:
     return ScoreRunner(loaded_sam.model.to(device), salient, args, progress)
 
 
-def _merge(args, settings: dict, state: OutputState, journal, fields: list[str], already: int, skipped: list) -> dict:
+def _merge(args, settings: dict, state: OutputState, journal, fields: list[str], already: int, skipped: list,
+           this_run: set) -> dict:
     """The main process, once every process is done: the CSV (sorted by generated image) and the summary, written
     atomically from what was scored before and the new records; then the records go."""
     from ..models.runs.atomic import write_bytes_if_changed, write_json_if_changed
     from .common import report_failures
 
     records = journal.pending()
-    new_failures = sum("failed" in r for r in records.values())
+    # what this run did (``this_run``: record keys), not the records a stopped run left unmerged
+    new_failures = sum("failed" in r for key, r in records.items() if key in this_run)
+    scored_now = sum("failed" not in r for key, r in records.items() if key in this_run)
     _append_timings(os.path.join(args.output, TIMINGS_NAME), records)
     _fold_records(state, records)
     rows = [state.done[g] for g in sorted(state.done)]
@@ -400,7 +404,7 @@ def _merge(args, settings: dict, state: OutputState, journal, fields: list[str],
     write_json_if_changed(os.path.join(args.output, SUMMARY_NAME), summary)
     journal.consume(records)
     _print_summary(summary, args)
-    print(f"evaluate: {len(records) - new_failures} scored, {already} already scored, {len(failed)} failed")
+    print(f"evaluate: {scored_now} scored, {already} already scored, {len(failed)} failed")
     report_failures("evaluate", {f["generated"]: dict(f, source=f["generated"]) for f in failed},
                     [r["generated"] for r in skipped])
     return dict(summary, **{NEW_FAILURES: new_failures})

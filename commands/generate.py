@@ -159,7 +159,8 @@ def _run(args: argparse.Namespace, ranks, plan) -> int:
     if not ranks.is_main:
         return 0
     _record_mask_failures(journal, mask_failed)
-    failed_now = [r["id"] for r in journal.pending().values() if "failed" in r]
+    this_run = {w.item.id for w in works} | {i.id for i in mask_failed}  # (records of a stopped run are not new)
+    failed_now = [r["id"] for key, r in journal.pending().items() if "failed" in r and key in this_run]
     merged = _merge(out, journal, state, settings)
     if not works:
         print(f"nothing to do: all {done} image(s) already generated in {out} (--overwrite to redo)")

@@ -261,7 +261,7 @@ def _run(args: argparse.Namespace, ranks) -> int:
                     journal_for=lambda w: journals[w.folder], record_key=lambda w: w.id)
     if not ranks.is_main:
         return 0
-    failed_now = _merge(journals, states, settings)
+    failed_now = _merge(journals, states, settings, {(w.folder, w.id) for w in todo})
     failures = {f"{folder}/{k}": v for folder, (_, failed) in states.items() for k, v in failed.items()}
     print(f"mask: {len(todo) - failed_now} done, {len(done)} already done, {failed_now} failed")
     report_failures("mask", failures, [w.id for w in skipped])
@@ -275,13 +275,14 @@ def _runner(args, settings, device, dtype, progress) -> MaskRunner:
                       progress)
 
 
-def _merge(journals: dict, states: dict, settings: dict) -> int:
-    """Fold each folder's new records into its manifest (main process, all processes done); the failures now."""
+def _merge(journals: dict, states: dict, settings: dict, this_run: set) -> int:
+    """Fold each folder's new records into its manifest (main process, all processes done); the failures of the
+    items of this run (``this_run``: (folder, id)), not those a stopped run left unmerged."""
     failed_now = 0
     for folder, journal in journals.items():
         records = journal.pending()
         rows, failed = states[folder]
-        failed_now += sum("failed" in r for r in records.values())
+        failed_now += sum("failed" in r and (folder, key) in this_run for key, r in records.items())
         fold_records(rows, failed, records)
         if records or not os.path.isfile(os.path.join(folder, MANIFEST_JSON)):
             write_folder_manifest(folder, rows, failed, settings)
