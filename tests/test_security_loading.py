@@ -171,3 +171,18 @@ def test_example_inputs_never_write_through_a_planted_symlink(comfy_like_folders
         os.symlink(victim, inputs / name)
     assert install_example_inputs() == []
     assert not victim.exists() and all(os.path.islink(inputs / n) for n in names)
+
+
+@pytest.mark.parametrize("name", ["", "/", "..", "../", "a\x00b.pth", "L" * 300 + ".pth", "caf\udce9.pth", "~/x.pth"])
+def test_odd_model_names_are_a_clear_missing_file_error(comfy_like_folders, monkeypatch, name):
+    """What a hand-edited or hostile workflow may send as a model name: a one-line 'not found', never another
+    exception (the node's VALIDATE_INPUTS shows it before anything runs)."""
+    from salient_background.nodes import comfy_glue
+
+    models, _ = comfy_like_folders
+    monkeypatch.chdir(models)
+    monkeypatch.delenv("SALIENT_BG_AUTO_DOWNLOAD", raising=False)
+    with pytest.raises(CheckpointError, match="not found"):
+        comfy_glue.resolve_model_file("sams", name, where_to_get="")
+    message = comfy_glue.validate_model_choice(lambda: comfy_glue.resolve_model_file("sams", name, where_to_get=""))
+    assert isinstance(message, str) and "not found" in message
