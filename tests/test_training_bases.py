@@ -347,9 +347,13 @@ def test_sdxl_two_processes_equal_one_process(dataset_dir, tmp_path):
     w2 = load_file(str(tmp_path / "two" / "controlnet" / "diffusion_pytorch_model.safetensors"))
     w1 = load_file(str(tmp_path / "one" / "controlnet" / "diffusion_pytorch_model.safetensors"))
     moved = max(float(w1[k].abs().max()) for k in w1 if k.startswith(("controlnet_down_blocks", "controlnet_mid_block")))
-    # equal up to float summation order, which Adam's normalisation amplifies for near-zero gradients (2 steps of
-    # ~lr each: the losses above agree to 1e-5, single weights to a few percent of the distance moved)
-    assert moved > 1e-4 and max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 0.05 * moved
+    # Equal up to float summation order, which Adam's normalisation amplifies for near-zero gradients: a gradient of
+    # ~1e-9 whose last bits differ can take a step of up to lr either way. So a handful of single weights may differ
+    # (measured: 5 of 667,368 by more than 5 % of the distance moved, the worst by 11 %), while a sharding fault (a
+    # rank's gradients not averaged, another sample order) moves most of them. The losses above agree to 1e-5.
+    diff = torch.cat([(w1[k] - w2[k]).abs().flatten() for k in w1])
+    assert moved > 1e-4
+    assert float((diff > 0.05 * moved).float().mean()) < 1e-4 and float(diff.mean()) < 1e-4 * moved
 
 
 @pytest.mark.parametrize("switches", [dict(optimizer_in_backward=True), dict(gradient_checkpointing="all"),
