@@ -46,6 +46,8 @@ import os
 from .common import add_run_options, ensure_output_dir, exit_status, print_dry_run, remove_stale_temporaries
 from .generate_inputs import collect_items, prepare_items
 from .generate_manifest import FolderState, fold_records, read_state, write_manifest
+from .generate_gate import add_gate_options, gate_policy, gate_settings, gated_todo
+from .generate_gate import summary as gate_summary
 from .generate_plan import abs_path, photo_works, plan_against_folder, plan_jobs, run_settings
 
 log = logging.getLogger("salient_background")
@@ -106,6 +108,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="regenerate images that already exist, even when made with other settings")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_gate_options(parser)
     add_run_options(parser)
     parser.set_defaults(func=run)
 
@@ -131,11 +134,13 @@ def _run(args: argparse.Namespace, ranks, plan) -> int:
     items = prepare_items(collect_items(args.inputs), args)
     out = ensure_output_dir(args.output_dir)
     remove_stale_temporaries(ranks, [out])
-    settings = run_settings(args, dtype)
+    settings = {**run_settings(args, dtype), **gate_settings(args)}
     jobs = plan_jobs([item for item in items if item.mask_failure is None], args)
     journal = Journal(out, "generate")
     state = read_state(out, journal)
     todo = plan_against_folder(jobs, state.rows, settings, args, out, state.started)
+    if gate_policy(args) is not None:
+        todo = gated_todo(jobs, state.rows, settings, args.overwrite)
     skipped_failed = sorted({item.id for item in items if item.id in state.failed and not args.retry_failed} &
                             ({j.item.id for j in todo} | {i.id for i in items if i.mask_failure}))
     mask_failed = [item for item in items if item.mask_failure and item.id not in skipped_failed]
@@ -169,6 +174,8 @@ def _run(args: argparse.Namespace, ranks, plan) -> int:
         print(f"generate: {written} image(s) of {len(works) - len(set(failed_now) - {i.id for i in mask_failed})} "
               f"photo(s) written to {os.path.join(out, 'generated')}, {done} already done; manifest "
               f"{os.path.join(out, 'manifest.csv')}")
+    if gate_policy(args) is not None:
+        print(gate_summary(merged.rows))
     report_failures("generate", merged.failed, skipped_failed)
     return exit_status("generate", len(failed_now))
 

@@ -7,6 +7,7 @@ import os
 
 from ..models.errors import InputError
 from .common import check_run_options
+from .generate_gate import check_gate_options
 
 
 def validate_options(args):
@@ -19,6 +20,7 @@ def validate_options(args):
         raise InputError(f"--size must be a positive multiple of 8, got {args.size}")
     if args.steps < 1 or args.num_images < 1 or args.batch_size < 1:
         raise InputError("--steps, --num-images and --batch-size must be at least 1")
+    check_gate_options(args)  # with the gate, --keep jobs per photo and prompt
     if args.scheduler.lower() not in SCHEDULERS:
         raise InputError(f"unknown --scheduler {args.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
     if not (args.pipeline or args.base_model):

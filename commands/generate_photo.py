@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 from .files import save_image_atomically
+from .generate_gate import GateRunner, gate_policy
 from .generate_inputs import Item
 from .generate_manifest import record_image
 from .generate_plan import Job, PhotoWork, abs_path
@@ -120,6 +121,7 @@ class PhotoRunner:
         self.args, self.out, self.settings, self.journal = args, out, settings, journal
         self.salient, self.pipe, self.progress = salient, pipe, progress
         self.dirs = output_dirs(out)
+        self.gate = None  # a generate_gate.GateRunner with the quality gate's options
 
     load = staticmethod(load_photo)
 
@@ -140,7 +142,10 @@ class PhotoRunner:
                 failed[work.item.id] = ItemFailed(failure_reason(exc))
         jobs = [job for work, _ in ready if work.item.id in framed for job in work.jobs]
         pictures = {}
-        for start in range(0, len(jobs), self.args.batch_size):
+        if self.gate is not None:  # each row's candidates, the best kept (one picture per job, as below)
+            pictures = self.gate.make(jobs, framed, lambda chunk: _generate_batch(self.pipe, chunk, framed, self.args,
+                                                                                  self.progress), failed)
+        for start in range(0, len(jobs) if self.gate is None else 0, self.args.batch_size):
             chunk = jobs[start:start + self.args.batch_size]
             pictures.update(zip((j.name for j in chunk), _generate_batch(self.pipe, chunk, framed, self.args,
                                                                           self.progress)))
@@ -157,9 +162,11 @@ class PhotoRunner:
         save_image_atomically(framed.picture, framed.input_path)
         save_image_atomically(framed.mask, framed.mask_path)
         rows = {tag: dict(row) for tag, row in work.rows.items()}
-        for job, picture in zip(work.jobs, pictures):
+        for job, picture in zip(work.jobs if self.gate is None else self.gate.kept_jobs(work), pictures):
             restored = self._write_picture(job, picture, framed, photo)
             record_image(rows, job, self.settings, framed, self.out, restored)
+        if self.gate is not None:
+            self.gate.annotate(work, rows)
         return {"id": work.item.id, "source": abs_path(work.item.path), "rows": rows}
 
     def _write_picture(self, job: Job, picture, framed: FramedPhoto, photo) -> str:
@@ -189,4 +196,7 @@ def make_runner(plan, mine: list[PhotoWork], args, out, settings, device, dtype,
 
         salient = load_salient_model(args.salient_checkpoint, mode=args.salient_mode, device=device, dtype=dtype)
     pipe = pipeline_from_plan(plan, device=device, dtype=dtype, scheduler=args.scheduler.lower())
-    return PhotoRunner(args, out, settings, salient, pipe, progress, journal)
+    runner = PhotoRunner(args, out, settings, salient, pipe, progress, journal)
+    if gate_policy(args) is not None:
+        runner.gate = GateRunner(args, out, settings, device)
+    return runner
