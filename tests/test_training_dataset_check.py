@@ -214,6 +214,16 @@ def test_the_check_runs_the_same_on_a_thread_pool(clean_dataset, tmp_path):
     assert [b.line % 8 for b in one[:3]] == [n % 8 for n in BROKEN_LINES]
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_a_picture_declaring_more_pixels_than_allowed_is_a_bad_row(clean_dataset, monkeypatch):
+    """The loader refuses a picture over PIL's pixel limit unread (a decompression bomb); PIL itself only warns up to
+    twice the limit, so the check applies the limit too. Here the limit is lowered below the 80x96 photos."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
+    _, entries = tdata.parse_manifest(clean_dataset)
+    bad = dataset_check.find_bad_rows(entries, workers=1)
+    assert len(bad) == 8 and all("photo unreadable" in b.reason and "80x96 pixels" in b.reason for b in bad)
+
+
 def test_damaged_pixels_behind_a_good_header_fail_at_load_naming_the_file(clean_dataset, tmp_path):
     """Only headers are checked: a mask cut short passes the check, then the loader's error names it (no raw
     decoder traceback)."""

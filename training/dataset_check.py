@@ -25,6 +25,7 @@ from functools import lru_cache
 from typing import Optional, Sequence
 
 from ..models.errors import InputError
+from ..models.imaging.picture_files import _check_declared_size as check_declared_size
 from .data import ManifestEntry, parse_manifest
 
 log = logging.getLogger("salient_background")
@@ -64,6 +65,7 @@ def _header(path: str, what: str, target: str) -> tuple[Optional[tuple[int, int]
 
     try:
         with Image.open(path) as im:
+            check_declared_size(im, path)  # the loader refuses these unread: so does the check
             width, height = im.size
             # PNG keeps EXIF after the pixels at times and PIL would decode them to find it: take it when it is early
             exif_early = im.format != "PNG" or "exif" in im.info
@@ -72,6 +74,8 @@ def _header(path: str, what: str, target: str) -> tuple[Optional[tuple[int, int]
             if not _converts(im.mode, target):
                 return None, f"{what} {path} is in mode {im.mode}, which cannot be read as {target}"
             return (width, height), ""
+    except InputError as exc:
+        return None, f"{what} unreadable: {exc}"
     except FileNotFoundError:
         return None, f"{what} not found: {path}"
     except IsADirectoryError:
