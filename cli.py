@@ -48,7 +48,8 @@ EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 
 def run_parsed(args: argparse.Namespace) -> int:
-    """Set up logging and run a parsed command; a :class:`UserFacingError` becomes one line and exit code 2,
+    """Set up logging and run a parsed command; a :class:`UserFacingError` (or a full disk, a read-only file system)
+    becomes one line and exit code 2,
     Ctrl-C (or SIGTERM) one line and exit code 130."""
     configure_logging(args.verbose)
     printable_file_names()
@@ -59,6 +60,13 @@ def run_parsed(args: argparse.Namespace) -> int:
             return int(args.func(args) or 0)
     except UserFacingError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # the disk filled up (or the folder turned read-only) outside the items: e.g. the merge
+        from .models.runs.engine import WRITE_ONLY_ERRNOS, output_unwritable
+
+        if exc.errno not in WRITE_ONLY_ERRNOS:
+            raise
+        print(f"error: {output_unwritable(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("\ninterrupted; rerun the same command to resume", file=sys.stderr)

@@ -28,6 +28,10 @@ def write_atomically(path: str, write: Callable[[str], None]) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None:  # a writer that got a file object (PIL's save) says not which file: name it
+            exc.filename = path
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

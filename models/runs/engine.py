@@ -9,6 +9,7 @@ write theirs into small files it reads every half second).
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import threading
@@ -30,6 +31,26 @@ class ItemFailed(Exception):
 
 # what reading, computing or writing one item may raise that concerns that item alone
 ITEM_ERRORS = (ItemFailed, UserFacingError, OSError, ValueError)
+
+
+# a write that fails for one of these reasons fails the same way for every item after it (the disk is full, the
+# folder read-only or not ours): the run stops, keeping what it finished, instead of recording each item as failed
+# (a rerun would then skip them all as "failed before")
+# (the first four only a write gives, wherever it happens; EACCES/EPERM also come from reading, so they count only
+# while saving an item)
+WRITE_ONLY_ERRNOS = frozenset(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EFBIG, errno.EROFS)
+                              if code is not None)
+OUTPUT_ERRNOS = WRITE_ONLY_ERRNOS | {errno.EACCES, errno.EPERM}
+
+
+class OutputUnwritable(UserFacingError):
+    """The outputs cannot be written (disk full, read-only folder): the run stops; a rerun resumes it."""
+
+
+def output_unwritable(exc: OSError) -> OutputUnwritable:
+    where = f" in {os.path.dirname(exc.filename)!r}" if isinstance(exc.filename, str) else ""
+    return OutputUnwritable(f"cannot write{where}: {exc.strerror or exc}. The items finished so far are kept: make "
+                            "room (or make the folder writable) and rerun the same command to do the rest")
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -54,7 +75,9 @@ def run_items(items: Sequence[Any], *, load: Callable, compute: Callable, save: 
     the record or the failure reason: on the saving thread right after ``save`` (so an item's record exists as soon
     as its files do: an interrupted run never redoes it), or on this thread for an item that failed earlier.
 
-    Ctrl-C (or SIGTERM, which the command line turns into the same) stops the loop; the items already handed to the
+    A write that fails because the disk is full or the folder read-only (:data:`OUTPUT_ERRNOS`) stops the run with
+    :class:`OutputUnwritable` (the item is not recorded: a rerun does it). Ctrl-C (or SIGTERM, which the command line
+    turns into the same) stops the loop; the items already handed to the
     file threads are still written and recorded before this returns.
     """
     stats = RunStats()
@@ -64,15 +87,24 @@ def run_items(items: Sequence[Any], *, load: Callable, compute: Callable, save: 
     lock = threading.Lock()
 
     def record(item, record, failure) -> None:
+        try:
+            finish(item, record, failure)
+        except OSError as exc:
+            if exc.errno in OUTPUT_ERRNOS:
+                raise output_unwritable(exc) from exc
+            raise
         with lock:
             stats.done += failure is None
             stats.failed += failure is not None
-        finish(item, record, failure)
         pause_for_tests()
 
     def save_and_record(item, result) -> None:
         try:
             written, failure = save(item, result), None
+        except OSError as exc:
+            if exc.errno in OUTPUT_ERRNOS:
+                raise output_unwritable(exc) from exc
+            written, failure = None, failure_reason(exc)
         except ITEM_ERRORS as exc:
             written, failure = None, failure_reason(exc)
         record(item, written, failure)
