@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..models.runs.atomic import write_atomically, write_json_atomically
-from ..models.runs.journal import read_merged_manifest
+from ..models.runs.journal import read_own_manifest
 from .generate_plan import Job, abs_path, differing_keys
 
 CSV_FIELDS = ["id", "mask", "generated", "original", "source", "prompt", "negative_prompt", "seeds",
@@ -31,7 +31,7 @@ def read_state(out: str, journal) -> FolderState:
     file is gone are dropped; rows of an older version, which recorded no per-row settings, are left out: their
     images count as undescribed), and the failed photos."""
     path = os.path.join(out, "manifest.json")
-    data = read_merged_manifest(path)
+    data = read_own_manifest(path)
     raw = {row.get("id"): row for row in data.get("rows", []) if isinstance(row, dict)}
     failed = {f["id"]: f for f in data.get("failed", []) if isinstance(f, dict) and "id" in f}
     pending = journal.pending()

@@ -13,7 +13,7 @@ from ..models.runs.item_ids import assign_ids, base_name, colliding_groups
 from .common import (add_run_options, check_run_options, ensure_output_dir, exit_status, print_dry_run,
                      remove_stale_temporaries, report_failures, run_shared_part)
 from ..models.runs.atomic import write_atomically, write_json_atomically
-from ..models.runs.journal import RECORDS_FOLDER, read_merged_manifest
+from ..models.runs.journal import RECORDS_FOLDER, read_own_manifest
 from .files import IMAGE_SUFFIXES, FoundImage, find_images, save_image_atomically
 
 log = logging.getLogger("salient_background")
@@ -108,7 +108,7 @@ def run_settings(args, dtype) -> dict:
 def read_folder_state(folder: str, journal) -> tuple[dict, dict]:
     """(rows by id, failures by id) of ``folder``'s mask manifest and of records not merged yet."""
     path = os.path.join(folder, MANIFEST_JSON)
-    data = read_merged_manifest(path)
+    data = read_own_manifest(path)
     rows = {r["id"]: r for r in data.get("rows", []) if isinstance(r, dict) and "id" in r}
     failed = {f["id"]: f for f in data.get("failed", []) if isinstance(f, dict) and "id" in f}
     fold_records(rows, failed, journal.pending())

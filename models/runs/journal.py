@@ -11,6 +11,7 @@ the manifest and these records together.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Iterable
 
@@ -18,6 +19,15 @@ from ..errors import InputError
 from .atomic import write_json_atomically
 
 RECORDS_FOLDER = ".records"
+
+log = logging.getLogger("salient_background")
+_told: set = set()  # the unreadable files already named (each once per process, not at every read)
+
+
+def _say_unreadable(path: str, exc: BaseException, consequence: str) -> None:
+    if path not in _told:
+        _told.add(path)
+        log.warning("ignoring %s, which cannot be read (%s; left by a crash?): %s", path, exc, consequence)
 
 
 class Journal:
@@ -40,11 +50,16 @@ class Journal:
         for name in sorted(os.listdir(self.folder)):
             if not name.endswith(".json") or name.startswith("."):
                 continue
+            path = os.path.join(self.folder, name)
             try:
-                with open(os.path.join(self.folder, name), encoding="utf-8") as fh:
-                    records[name[: -len(".json")]] = json.load(fh)
-            except (OSError, json.JSONDecodeError):
+                with open(path, encoding="utf-8") as fh:
+                    record = json.load(fh)
+                if not isinstance(record, dict):
+                    raise ValueError(f"a JSON {type(record).__name__}, not a record")
+            except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8 (garbage blocks after a crash)
+                _say_unreadable(path, exc, "its item counts as not done and is done again")
                 continue
+            records[name[: -len(".json")]] = record
         return records
 
     def consume(self, keys: Iterable[str]) -> None:
@@ -89,6 +104,17 @@ class Journal:
                         pass
 
 
+def read_own_manifest(path: str) -> dict:
+    """The manifest a run of this command merged at ``path``, for the command that writes it: one that cannot be
+    read (cut short or scrambled by a crash of the machine) is said and counts as absent: its items are done again
+    and the next merge rewrites it whole."""
+    try:
+        return read_merged_manifest(path)
+    except InputError as exc:
+        _say_unreadable(path, exc.__cause__ or exc, "the items it listed count as not done and are done again")
+        return {}
+
+
 def read_merged_manifest(path: str) -> dict:
     """The merged manifest a finished run left at ``path`` ({} when there is none or it holds no object); an
     unreadable one is an :class:`InputError` that says how to go on."""
@@ -97,6 +123,6 @@ def read_merged_manifest(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
         raise InputError(f"cannot read {path!r} ({exc}): remove that file, or choose another --output-dir") from exc
     return data if isinstance(data, dict) else {}
