@@ -221,9 +221,10 @@ GATE_CANDIDATES = 4
 GATE_NOTE = (
     "Quality gate: the {count} candidates (seeds at once, Repeat Latent Batch) are scored with the object-expansion "
     "score (SAM, one image embedding each) and ranked, least expanded first; the best one is restored to the "
-    "photo's size and saved, all of them are previewed in rank order. The gate's scores (JSON) are shown on the "
-    "node and in Preview Any; an image passes when its expansion is at most max_expansion (0.05 = 5 % of the object's area) and "
-    "gate_failed says that none did: queue again (the sampler's seed) for new candidates.\n"
+    "photo's size and saved, all of them are previewed in rank order. The node shows a summary of the scores (its "
+    "scores_json output has every score as JSON); an image passes when its expansion is at most max_expansion "
+    "(0.05 = 5 % of the object's area) and gate_failed says that none did: queue again (the sampler's seed) for new "
+    "candidates.\n"
 )
 
 
@@ -242,8 +243,6 @@ def _gate_tail(g: Graph, decoded, frame, photo, column: float, row: float, prefi
     g.connect(restore, "image", save, "images")
     ranked = g.add("PreviewImage", column + 1, row + 8, title="Every candidate, least expanded first")
     g.connect(quality_gate, "ranked_images", ranked, "images")
-    scores = g.add("PreviewAny", column + 2, row + 8, title="Gate scores (JSON)")
-    g.connect(quality_gate, "scores_json", scores, "source")
 
 
 def _masked_photo(g: Graph, size: int):

@@ -8,8 +8,9 @@ workflows on random-weight models.
    and those scores equal ``score_expansion`` run in this process on the same PNGs with the same checkpoint.
 2. ``background_generation_paper_gate.json`` (SD2 + salient ControlNet) and ``sdxl_inpainting_stock_gate.json``
    (stock SDXL inpainting, core InpaintModelConditioning, no ControlNet) with the cost lowered as
-   test_workflows_comfyui.py does (its fixtures and patching are reused): the best candidate is restored and
-   saved, every candidate previewed, the JSON covers every candidate.
+   test_workflows_comfyui.py does (its fixtures and patching are reused; a Preview Any node is added to read the
+   scores JSON): the best candidate is restored and saved, every candidate previewed, the JSON covers every
+   candidate and the node's summary names the best.
 """
 from __future__ import annotations
 
@@ -109,12 +110,11 @@ def test_the_node_ranks_a_batch_in_comfyui(comfy, gate_inputs):
         assert abs(mine[i]["expansion_px"] - score.expansion_px) <= 0.002 * WIDTH * HEIGHT, (i, mine[i], score)
 
 
-def _gate_ids(prompt: dict) -> tuple[str, str, str, str]:
+def _gate_ids(prompt: dict) -> tuple[str, str, str]:
     (gate,) = _nodes(prompt, "SalientBG_QualityGate")
     (save,) = _nodes(prompt, "SaveImage")
     (ranked,) = _nodes(prompt, "PreviewImage")
-    (scores,) = _nodes(prompt, "PreviewAny")
-    return gate, save, ranked, scores
+    return gate, save, ranked
 
 
 @pytest.mark.parametrize("name", ["background_generation_paper_gate.json", "sdxl_inpainting_stock_gate.json"])
@@ -122,11 +122,13 @@ def test_gate_workflows(request, name):
     comfy = request.getfixturevalue("sd2_models" if "paper" in name else "base_variant_models")
     prompt = _patched(name)
     assert [n["inputs"]["amount"] for n in _load(name).values() if n["class_type"] == "RepeatLatentBatch"] == [4]
-    _, save, ranked, scores = _gate_ids(prompt)
+    gate, save, ranked = _gate_ids(prompt)
+    prompt["scores"] = {"class_type": "PreviewAny", "inputs": {"source": [gate, 2]}}  # the JSON, for the test
     outputs = comfy.run(prompt, timeout=TIMEOUT)
     final = _array(_files(comfy, outputs, save, 1)[0], "RGB")
     assert final.shape == (512, 512, 3)  # the best candidate, restored to the photo's size
     previews = _previews(comfy, outputs, ranked, REPEAT)
-    report = _scores_json(outputs, scores)
+    report = _scores_json(outputs, "scores")
     print(f"[{name}] gate:", json.dumps({k: report[k] for k in ("best_index", "passed", "gate_failed")}))
     assert len(report["images"]) == REPEAT and all(p.shape == previews[0].shape for p in previews)
+    assert outputs[gate]["text"][0].startswith(f"best: image {report['best_index'] + 1} of {REPEAT}")
