@@ -68,7 +68,7 @@ def arm_fid(args) -> dict:
     import torch
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    from salient_background.commands.evaluate import load_image
+    from salient_background.commands.evaluate_inputs import load_image
     from salient_background.models.scoring.metrics import load_inception
     from salient_background.models.scoring.metrics.images import to_uint8_nchw
 
@@ -87,7 +87,7 @@ def arm_fid(args) -> dict:
 
 
 def arm_all(args) -> dict:
-    from salient_background.commands.evaluate import load_image, load_mask
+    from salient_background.commands.evaluate_inputs import load_image, load_mask
     from salient_background.models.runs.ranks import Ranks
     from salient_background.models.scoring.comparison import compare, grouping, runs as run_io
     from salient_background.models.scoring.comparison.cache import MeasurementCache

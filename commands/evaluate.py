@@ -77,6 +77,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
                         help="print the ratio of mean expansion of two finished runs (output folders or their "
                              "summary.json); alone, or after an evaluation")
+    from .evaluate_table import add_arguments as add_table_arguments
+
+    add_table_arguments(parser)  # --runs, --metrics...: the comparison table (commands/evaluate_table.py)
     parser.set_defaults(func=run)
 
 
@@ -138,6 +141,10 @@ def compare_runs(run_a: str, run_b: str, out=None) -> dict:
 
 # ---------------------------------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> int:
+    if args.runs:  # the comparison table over generate runs
+        from .evaluate_table import run_table
+
+        return run_table(args)
     evaluating = bool(args.masks or args.generated or args.manifest)
     if not evaluating:
         if not args.compare:

@@ -133,11 +133,12 @@ def _run(args, the_plan: Plan, ranks) -> int:
     from ..models.scoring.comparison.cache import MeasurementCache
     from ..models.scoring.comparison.measure import Digests
     from ..models.scoring.comparison.parts import build_parts
-    from .common import ensure_output_dir
+    from .common import ensure_output_dir, remove_stale_temporaries
 
     device = parse_device(device_name(args.device, ranks))
     out = ensure_output_dir(args.output, "--output folder")
     cache = MeasurementCache(os.path.abspath(args.cache or os.path.join(out, CACHE_FOLDER)))
+    remove_stale_temporaries(ranks, [out, cache.folder])  # left by a killed writer
     if args.dry_run:
         return _dry_run(ranks, the_plan, cache)
     built = build_parts(the_plan.selected, _part_settings(args), device)
@@ -152,6 +153,9 @@ def _run(args, the_plan: Plan, ranks) -> int:
     else:
         reference = compare.reference_features(built.feature_parts, the_plan.reference_jobs, cache, ranks,
                                                batch_size=args.metric_batch, digest=digest)
+    # every measurement is in the cache: leave the process group, so that torchmetrics (which syncs its states when
+    # a group exists) computes FID and KID in the main process alone
+    ranks.close()
     if not ranks.is_main:
         return 0
     compare.write_reference(out, reference)
@@ -169,26 +173,27 @@ def _run(args, the_plan: Plan, ranks) -> int:
 
 def _part_settings(args):
     from ..models.scoring.comparison.parts import PartSettings, Readers
-    from .evaluate import resolve_sam
+    from .evaluate_inputs import resolve_sam
 
     return PartSettings(Readers(_read_image, _read_mask), sam_path=resolve_sam(args.sam) if args.sam else None,
                         points=args.points, seed=args.seed, mask_choice=args.mask_choice, models_dir=args.models_dir)
 
 
 def _read_image(path: str):
-    from .evaluate import _read_item, load_image
+    from .evaluate_inputs import _read_item, load_image
 
     return _read_item(load_image, path, "image")
 
 
 def _read_mask(path: str):
-    from .evaluate import _read_item, load_mask
+    from .evaluate_inputs import _read_item, load_mask
 
     return _read_item(load_mask, path, "mask")
 
 
 def _report(result: dict, built, the_plan: Plan, out: str) -> int:
     from ..models.scoring.comparison.table import render_markdown
+    from .common import exit_status
 
     print(render_markdown(result))
     for missing in built.missing:
@@ -198,7 +203,7 @@ def _report(result: dict, built, the_plan: Plan, out: str) -> int:
         print(f"{len(failed)} measurement(s) failed; listed under 'failed' in {os.path.join(out, 'table.json')}",
               file=sys.stderr)
     print(f"evaluate: table of {len(the_plan.runs)} runs over {len(the_plan.ids)} inputs in {out}")
-    return 1 if failed else 0
+    return exit_status("evaluate", len(failed))
 
 
 def _dry_run(ranks, the_plan: Plan, cache) -> int:

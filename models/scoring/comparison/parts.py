@@ -224,9 +224,13 @@ def _fid_value(x, reference) -> float:
 
 
 def _kid_value(x, reference) -> float:
+    import warnings
+
     from ..metrics import kid_from_features
 
-    return kid_from_features(x, reference)[0]
+    with warnings.catch_warnings():  # torchmetrics warns that KID keeps every feature: the features are given here
+        warnings.filterwarnings("ignore", message=".*Kernel Inception Distance.*")
+        return kid_from_features(x, reference)[0]
 
 
 def _load_part(part_name: str, settings: PartSettings, device):
