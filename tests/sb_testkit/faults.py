@@ -148,8 +148,8 @@ def final_files(folder) -> dict:
 
 
 def check_presented_files(folder) -> None:
-    """Every output the manifest (and the pending records) present as done is a whole, decodable PNG of the
-    photo's size; no temporary file is left where a finished run would show it."""
+    """Every output the manifest and the pending records present as done is a whole, decodable PNG (and every
+    record and the manifest are whole JSON)."""
     from PIL import Image
 
     manifest = os.path.join(folder, "mask_manifest.json")
@@ -157,6 +157,11 @@ def check_presented_files(folder) -> None:
     if os.path.isfile(manifest):
         with open(manifest, encoding="utf-8") as fh:
             rows = json.load(fh)["rows"]
+    records = os.path.join(folder, ".records", "mask")
+    for name in sorted(os.listdir(records)) if os.path.isdir(records) else []:
+        if name.endswith(".json") and not name.startswith("."):
+            with open(os.path.join(records, name), encoding="utf-8") as fh:
+                rows.append(json.load(fh))  # a record is written whole (atomically) or not at all
     for row in rows:
         for key in ("mask", "cutout"):
             with Image.open(os.path.join(folder, row[key])) as picture:
