@@ -153,8 +153,7 @@ def _run(args, the_plan: Plan, ranks) -> int:
     else:
         reference = compare.reference_features(built.feature_parts, the_plan.reference_jobs, cache, ranks,
                                                batch_size=args.metric_batch, digest=digest)
-    # every measurement is in the cache: leave the process group, so that torchmetrics (which syncs its states when
-    # a group exists) computes FID and KID in the main process alone
+    # every measurement is in the cache: the other processes are done, the main process makes the table alone
     ranks.close()
     if not ranks.is_main:
         return 0

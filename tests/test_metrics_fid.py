@@ -196,3 +196,40 @@ def test_a_pickle_that_runs_code_is_refused_before_torch_fidelity_reads_it(tmp_p
     with pytest.raises(CheckpointError):
         metrics.load_inception(str(path))
     assert not mark.exists()
+
+
+_ALONE_IN_GROUP = r'''
+import datetime, sys
+import numpy as np
+import torch.distributed as dist
+from salient_background.models.scoring import metrics
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=rank, world_size=2,
+                        timeout=datetime.timedelta(seconds=20))
+if rank == 0:  # the main process computes alone, as the trainer's validation does; rank 1 never joins a sync
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(40, 16)), rng.normal(size=(40, 16)) + 0.5
+    print("FID", metrics.fid_from_features(a, b), "KID", metrics.kid_from_features(a, b, subsets=3)[0], flush=True)
+dist.barrier()
+dist.destroy_process_group()
+'''
+
+
+def test_fid_and_kid_computed_by_one_process_of_a_group_do_not_wait_for_the_others(tmp_path):
+    """torchmetrics gathers its states across a process group by default: the trainer's validation, which runs on the
+    main process only, then waited forever for processes that never compute."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    script = tmp_path / "alone.py"
+    script.write_text(_ALONE_IN_GROUP)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, str(script), str(rank), port], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:]
+    assert "FID" in outs[0][0] and "KID" in outs[0][0]

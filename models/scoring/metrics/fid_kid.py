@@ -105,7 +105,9 @@ def fid_from_features(generated, reference) -> float:
     g, r = _as_features(generated, "generated features"), _as_features(reference, "reference features")
     if g.shape[1] != r.shape[1]:
         raise InputError(f"features of different sizes: {g.shape[1]} and {r.shape[1]}")
-    metric = FrechetInceptionDistance(feature=_GivenFeatures(g.shape[1])).double()
+    # the features are complete where this is called: never gather torchmetrics' states across processes (a caller
+    # alone in a process group, such as the trainer's validation on the main process, would wait forever)
+    metric = FrechetInceptionDistance(feature=_GivenFeatures(g.shape[1]), sync_on_compute=False).double()
     metric.update(r, real=True)
     metric.update(g, real=False)
     return float(metric.compute())
@@ -122,7 +124,7 @@ def kid_from_features(generated, reference, *, subsets: int = 100, subset_size: 
         raise InputError(f"features of different sizes: {g.shape[1]} and {r.shape[1]}")
     size = min(subset_size, g.shape[0], r.shape[0])
     metric = KernelInceptionDistance(feature=_GivenFeatures(g.shape[1]), subsets=subsets, subset_size=size,
-                                     degree=degree, gamma=gamma, coef=coef)
+                                     degree=degree, gamma=gamma, coef=coef, sync_on_compute=False)
     metric.update(r, real=True)
     metric.update(g, real=False)
     with torch.random.fork_rng(devices=[]):  # torchmetrics draws subsets with torch.randperm
