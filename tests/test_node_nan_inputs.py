@@ -1,8 +1,9 @@
 """A NaN in a FLOAT input is refused by name (found by the ComfyUI soak, tests/integration/test_soak_comfyui.py).
 
 ComfyUI validates a FLOAT input only with ``value < min`` and ``value > max``, which NaN passes; an API client (JSON
-``NaN``) or an edited workflow file reaches the node with it. Without the check, a NaN strength made NaN control
-residuals (a black image, no error), a NaN threshold an empty mask. Runs without ComfyUI.
+``NaN``) or an edited workflow file reaches the node with it. Without the check a NaN strength or percent went on
+to ComfyUI's ControlNet unchecked, a NaN margin failed with "cannot convert float NaN to integer" (no hint of the
+input) and a NaN threshold silently kept the mask soft. Runs without ComfyUI.
 """
 from __future__ import annotations
 

@@ -233,4 +233,4 @@ class ComfyServer:
     def probe(self, classes: tuple[str, ...] = ()) -> dict:
         """What the in-process probe reports: the pack's model caches, ComfyUI's loaded models and the number of
         live ``torch.nn.Module`` objects of each class named in ``classes`` (see comfy_probe_nodes/)."""
-        return self.get_json("/sb_test/probe?classes=" + ",".join(classes), timeout=120)
+        return self.get_json("/sb_test/probe?classes=" + ",".join(classes), timeout=300)
