@@ -66,6 +66,7 @@ def run(photos: str, out: str, processes: int, phases: str, extra=(), kill_at: i
             while proc.poll() is None:
                 if os.path.isdir(records) and len(os.listdir(records)) >= kill_at:
                     os.killpg(proc.pid, signal.SIGKILL)
+                    time.sleep(1.0)  # the launcher's workers (same group) are gone too before the folder is read
                     killed = snapshot(out)
                     break
                 time.sleep(0.05)

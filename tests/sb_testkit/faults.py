@@ -104,8 +104,9 @@ LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "M
 def mask_command(photos, out, *extra, processes: int = 1) -> list[str]:
     """The command line of a ``mask`` run of ``photos`` into ``out`` with the stand-in model."""
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] if processes > 1 else []
+    device = ["--device", "cpu"] if processes == 1 else []  # several processes pick theirs (the CPU here)
     return [sys.executable, *launcher, "-m", "sb_testkit.faults", "mask", str(photos), "--output-dir", str(out),
-            "--checkpoint", CHECKPOINT, "--device", "cpu", "--no-progress", *map(str, extra)]
+            "--checkpoint", CHECKPOINT, *device, "--no-progress", *map(str, extra)]
 
 
 def fault_env(**extra) -> dict:
