@@ -29,7 +29,17 @@ def test_matmul_is_the_same_convolution(kernel, stride, padding, dilation, bias)
     assert got.shape == expected.shape
     assert got.is_contiguous()
     assert torch.allclose(got, expected, rtol=0, atol=1e-12)
-    assert sc.output_positions(conv, x) == expected.shape[0] * expected.shape[2] * expected.shape[3]
+    assert sc.output_positions(conv, x) == expected.shape[2] * expected.shape[3]
+
+
+def test_an_image_is_the_same_whatever_batch_it_is_in():
+    """A resumed catalogue run batches photos differently: the same image must come out bit for bit."""
+    torch.manual_seed(3)
+    conv = torch.nn.Conv2d(64, 48, 3, padding=1)
+    x = torch.randn(4, 64, 8, 8)
+    together = sc.conv2d_as_matmul(conv, x, conv.weight, conv.bias)
+    for i in range(4):
+        assert torch.equal(sc.conv2d_as_matmul(conv, x[i:i + 1], conv.weight, conv.bias)[0], together[i])
 
 
 def _counting(monkeypatch):
@@ -47,8 +57,8 @@ def _counting(monkeypatch):
 def test_only_small_outputs_take_the_matmul_inside_the_block(monkeypatch):
     torch.manual_seed(1)
     net = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 1))
-    small = torch.randn(2, 8, 8, 8)  # 2 x 8 x 8 = 128 output positions: the limit
-    large = torch.randn(2, 8, 9, 8)  # 144 positions
+    small = torch.randn(2, 8, 8, 8)  # 8 x 8 = 64 output positions per image: the limit
+    large = torch.randn(2, 8, 9, 8)  # 72 positions
     before_small, before_large = net(small), net(large)
     calls = _counting(monkeypatch)
     with torch.no_grad(), sc.small_convolutions_as_matmul(net, None):

@@ -20,29 +20,33 @@ import types
 import torch
 import torch.nn.functional as F
 
-# output positions (batch x height x width) up to which the matrix product is faster. Measured (AVX-512 Xeon, fp32,
-# 1 thread), 1280-channel 3x3 at batch 2, oneDNN vs matrix product: 4x4 = 32 positions 44 vs 19 ms, 8x8 = 128
-# positions 61 vs 45 ms, 16x16 = 512 positions 130 vs 163 ms (slower)
-MAX_OUTPUT_POSITIONS = 128
+# output positions per image (height x width) up to which the matrix product is faster. Measured (AVX-512 Xeon,
+# fp32, 1 thread), 1280-channel 3x3 at batch 2, oneDNN vs matrix product: 4x4 44 vs 19 ms, 8x8 61 vs 45 ms, 16x16
+# 130 vs 163 ms (slower). The limit and the product are per image so that an image never depends on the batch it
+# was made in (a resumed catalogue run batches photos differently; the same seed must give the same picture).
+MAX_OUTPUT_POSITIONS = 64
 
 
 def output_positions(conv: torch.nn.Conv2d, x: torch.Tensor) -> int:
-    """Batch x height x width of ``conv(x)``."""
-    n, _, h, w = x.shape
+    """Height x width of ``conv(x)`` (per image)."""
+    _, _, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
-    return n * ((h + 2 * ph - dh * (kh - 1) - 1) // sh + 1) * ((w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+    return ((h + 2 * ph - dh * (kh - 1) - 1) // sh + 1) * ((w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
 
 
 def conv2d_as_matmul(conv: torch.nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
-    """``conv``'s convolution of ``x`` (NCHW) with ``weight``/``bias`` as unfold + one matrix product; NCHW out."""
-    n, _, h, w = x.shape
+    """``conv``'s convolution of ``x`` (NCHW) with ``weight``/``bias`` as unfold + one matrix product per image
+    (the same sums whatever the batch); NCHW out."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    _, _, h, w = x.shape
     ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    columns = F.unfold(x, (kh, kw), dilation=(dh, dw), padding=(ph, pw), stride=(sh, sw))  # [n, c*kh*kw, ho*wo]
-    rows = columns.transpose(1, 2).reshape(n * ho * wo, -1)
-    out = F.linear(rows, weight.reshape(weight.shape[0], -1), bias)  # one product: the weight is read once
-    return out.view(n, ho, wo, -1).permute(0, 3, 1, 2).contiguous()
+    flat_weight = weight.reshape(weight.shape[0], -1)
+    outputs = []
+    for image in x.split(1):
+        columns = F.unfold(image, (kh, kw), dilation=(dh, dw), padding=(ph, pw), stride=(sh, sw))  # [1, c*kh*kw, ho*wo]
+        outputs.append(F.linear(columns[0].t(), flat_weight, bias))  # [ho*wo, out]
+    return torch.stack(outputs).view(x.shape[0], ho, wo, -1).permute(0, 3, 1, 2).contiguous()
 
 
 def _conv_forward(conv: torch.nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
