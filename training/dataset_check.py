@@ -25,7 +25,7 @@ from functools import lru_cache
 from typing import Optional, Sequence
 
 from ..models.errors import InputError
-from ..models.imaging.picture_files import _check_declared_size as check_declared_size
+from ..models.imaging.picture_files import check_declared_size
 from .data import ManifestEntry, parse_manifest
 
 log = logging.getLogger("salient_background")

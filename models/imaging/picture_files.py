@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 from ..errors import InputError
 
 
-def _check_declared_size(image: Image.Image, path: str) -> None:
+def check_declared_size(image: Image.Image, path: str) -> None:
     limit = Image.MAX_IMAGE_PIXELS
     if limit and image.width * image.height > limit:
         raise InputError(f"{path!r} declares {image.width}x{image.height} pixels, more than the {limit} allowed: "
@@ -35,7 +35,7 @@ def open_picture(path: str | os.PathLike) -> Image.Image:
     shown = os.fsdecode(path)
     try:
         with Image.open(path) as image:
-            _check_declared_size(image, shown)
+            check_declared_size(image, shown)
             image.load()  # the first frame: Image.open stands on frame 0
             return ImageOps.exif_transpose(image)  # a copy, turned when the EXIF orientation says so
     except InputError:
