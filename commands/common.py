@@ -151,6 +151,7 @@ def remove_stale_temporaries(ranks, folders, recursive: bool = True) -> None:
 
 def print_dry_run(entries, summary: str) -> None:
     """A dry run's listing: one ``<id>\t<input>\t<status>`` line per item, then the summary line."""
-    for item_id, source, status in entries:
-        print(f"{item_id}\t{source}\t{status}")
-    print(summary)
+    from ..models.runs.resumable import listing
+
+    for line in listing(entries, summary):
+        print(line)

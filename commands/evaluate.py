@@ -28,9 +28,10 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 
 from ..models.errors import InputError, UserFacingError
+from ..models.runs import resumable
+from ..models.runs.resumable import FolderState, RecordKind
 from .common import add_run_options, check_run_options
 from .evaluate_inputs import (_read_item, collect_rows, load_image, load_mask, pair_folders,  # noqa: F401 (also
                               read_manifest, resolve_sam)  # imported from here by evaluate_table and the tests)
@@ -222,27 +223,18 @@ def _record_key(row: dict) -> str:
     return hashlib.sha1(row["generated"].encode("utf-8", "surrogatepass")).hexdigest()[:20]  # a non-UTF-8 name too
 
 
-@dataclass
-class OutputState:
-    """What ``--output`` holds: scored rows (the CSV's complete rows and unmerged records) and failed images."""
-
-    done: dict  # generated path -> row
-    failed: dict  # generated path -> {generated, mask, reason}
+def _failure(record: dict) -> dict:
+    return {"generated": record["generated"], "mask": record["mask"], "reason": record["failed"]}
 
 
-def _fold_records(state: OutputState, records: dict) -> None:
-    for _, record in sorted(records.items()):
-        if "failed" in record:
-            state.failed[record["generated"]] = {"generated": record["generated"], "mask": record["mask"],
-                                                 "reason": record["failed"]}
-        else:
-            state.failed.pop(record["generated"], None)
-            state.done[record["generated"]] = record
+# an evaluate record is one scored image (a row of the CSV, by generated image), or its failure
+SCORE_RECORDS = RecordKind(item_id=lambda r: r["generated"], failure=_failure,
+                           add_rows=lambda rows, r: rows.__setitem__(r["generated"], r))
 
 
-def _plan(rows: list[dict], state: OutputState, args) -> tuple[list[dict], list[dict]]:
+def _plan(rows: list[dict], state: FolderState, args) -> tuple[list[dict], list[dict]]:
     """(rows to score, rows skipped as failed before); the rows of one mask adjacent (its prompts are reused)."""
-    left = [r for r in rows if r["generated"] not in state.done]
+    left = [r for r in rows if r["generated"] not in state.rows]
     skipped = [r for r in left if r["generated"] in state.failed and not args.retry_failed]
     todo = sorted((r for r in left if args.retry_failed or r["generated"] not in state.failed), key=lambda r: r["mask"])
     if len(rows) - len(left):
@@ -257,14 +249,12 @@ def _dry_run(ranks, rows, todo, skipped, state) -> dict:
         planned, skipping = {r["generated"] for r in todo}, {r["generated"] for r in skipped}
 
         def status(g: str) -> str:
-            if g in planned:
-                return "to do"
-            return f"failed before, skipped (--retry-failed): {state.failed[g]['reason']}" if g in skipping else "done"
+            reason = state.failed[g]["reason"] if g in skipping and g not in planned else None
+            return resumable.status(to_do=g in planned, failed_reason=reason)
 
         print_dry_run([(row["id"], row["generated"], status(row["generated"]))
                        for row in sorted(rows, key=lambda r: r["generated"])],
-                      f"dry run: {len(rows)} image(s); {len(todo)} to do, {len(rows) - len(todo) - len(skipped)} done, "
-                      f"{len(skipped)} failed before (skipped)")
+                      resumable.summary(len(rows), "image", len(todo), len(rows) - len(todo) - len(skipped), len(skipped)))
     return {}
 
 
@@ -278,7 +268,7 @@ def _settings(args: argparse.Namespace, sam_path: str, sam_variant: str) -> dict
     }
 
 
-def _open_output(args: argparse.Namespace, settings: dict, journal, ranks) -> OutputState:
+def _open_output(args: argparse.Namespace, settings: dict, journal, ranks) -> FolderState:
     """Start afresh (--overwrite: the main process clears the folder) or resume: refuse a folder holding a run with
     other settings; record ours. Returns what is already scored or failed."""
     from ..models.runs.atomic import write_json_atomically
@@ -290,7 +280,7 @@ def _open_output(args: argparse.Namespace, settings: dict, journal, ranks) -> Ou
                     os.remove(os.path.join(args.output, name))
             journal.consume(journal.pending())
             write_json_atomically(os.path.join(args.output, SETTINGS_NAME), settings)
-        return OutputState({}, {})
+        return FolderState({}, {})
     settings_path = os.path.join(args.output, SETTINGS_NAME)
     if os.path.isfile(settings_path):
         with open(settings_path, encoding="utf-8") as fh:
@@ -305,20 +295,21 @@ def _open_output(args: argparse.Namespace, settings: dict, journal, ranks) -> Ou
     return read_output_state(args.output, journal)
 
 
-def read_output_state(output: str, journal) -> OutputState:
-    """The complete rows of the CSV (a row cut short by an interruption is dropped), the failures the summary lists,
-    and the records a stopped run did not merge."""
-    state = OutputState({r["generated"]: r for r in read_results(os.path.join(output, CSV_NAME))}, {})
+def read_output_state(output: str, journal) -> FolderState:
+    """The complete rows of the CSV (a row cut short by an interruption is dropped), by generated image, the failures
+    the summary lists, and the records a stopped run did not merge."""
+    done = {r["generated"]: r for r in read_results(os.path.join(output, CSV_NAME))}
+    failed = {}
     summary_path = os.path.join(output, SUMMARY_NAME)
     if os.path.isfile(summary_path):
         try:
             with open(summary_path, encoding="utf-8") as fh:
-                failed = json.load(fh).get("failed", [])
+                listed = json.load(fh).get("failed", [])
         except (OSError, json.JSONDecodeError, AttributeError):
-            failed = []
-        state.failed = {f["generated"]: f for f in failed if isinstance(f, dict) and "generated" in f}
-    _fold_records(state, journal.pending())
-    for generated in state.done:
+            listed = []
+        failed = {f["generated"]: f for f in listed if isinstance(f, dict) and "generated" in f}
+    state = resumable.read_state(SCORE_RECORDS, journal, done, failed)
+    for generated in state.rows:
         state.failed.pop(generated, None)
     return state
 
@@ -385,31 +376,34 @@ def _runner(args, loaded_sam, device, progress) -> ScoreRunner:
     return ScoreRunner(loaded_sam.model.to(device), salient, args, progress)
 
 
-def _merge(args, settings: dict, state: OutputState, journal, fields: list[str], already: int, skipped: list,
+def _merge(args, settings: dict, state: FolderState, journal, fields: list[str], already: int, skipped: list,
            this_run: set) -> dict:
     """The main process, once every process is done: the CSV (sorted by generated image) and the summary, written
     atomically from what was scored before and the new records; then the records go."""
     from ..models.runs.atomic import write_bytes_if_changed, write_json_if_changed
     from .common import report_failures
 
-    records = journal.pending()
-    # what this run did (``this_run``: record keys), not the records a stopped run left unmerged
-    new_failures = sum("failed" in r for key, r in records.items() if key in this_run)
+    summary: dict = {}
+
+    def write(done, failed_by_image, records):
+        # what this run did (``this_run``: record keys), not the records a stopped run left unmerged
+        _append_timings(os.path.join(args.output, TIMINGS_NAME), records)
+        rows = [done[g] for g in sorted(done)]
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_bytes_if_changed(os.path.join(args.output, CSV_NAME), table.getvalue().encode("utf-8", "surrogateescape"))
+        summary.update(summarise(rows, args.threshold, settings))
+        failed = [failed_by_image[g] for g in sorted(failed_by_image)]
+        if failed:
+            summary["failed"] = failed
+        write_json_if_changed(os.path.join(args.output, SUMMARY_NAME), summary)
+
+    records = resumable.merge(SCORE_RECORDS, journal, state.rows, state.failed, write).records
+    new_failures = len(resumable.new_failures(records, this_run))
     scored_now = sum("failed" not in r for key, r in records.items() if key in this_run)
-    _append_timings(os.path.join(args.output, TIMINGS_NAME), records)
-    _fold_records(state, records)
-    rows = [state.done[g] for g in sorted(state.done)]
-    table = io.StringIO(newline="")
-    writer = csv.DictWriter(table, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_bytes_if_changed(os.path.join(args.output, CSV_NAME), table.getvalue().encode("utf-8", "surrogateescape"))
-    failed = [state.failed[g] for g in sorted(state.failed)]
-    summary = summarise(rows, args.threshold, settings)
-    if failed:
-        summary["failed"] = failed
-    write_json_if_changed(os.path.join(args.output, SUMMARY_NAME), summary)
-    journal.consume(records)
+    failed = summary.get("failed", [])
     _print_summary(summary, args)
     print(f"evaluate: {scored_now} scored, {already} already scored, {len(failed)} failed")
     report_failures("evaluate", {f["generated"]: dict(f, source=f["generated"]) for f in failed},

@@ -45,7 +45,8 @@ import os
 
 from .common import add_run_options, ensure_output_dir, exit_status, print_dry_run, remove_stale_temporaries
 from .generate_inputs import collect_items, prepare_items
-from .generate_manifest import FolderState, fold_records, read_state, write_manifest
+from ..models.runs import resumable
+from .generate_manifest import GENERATE_RECORDS, FolderState, read_state, write_manifest
 from .generate_gate import add_gate_options, gate_policy, gate_settings, gated_todo
 from .generate_gate import summary as gate_summary
 from .generate_plan import abs_path, photo_works, plan_against_folder, plan_jobs, run_settings
@@ -165,7 +166,8 @@ def _run(args: argparse.Namespace, ranks, plan) -> int:
         return 0
     _record_mask_failures(journal, mask_failed)
     this_run = {w.item.id for w in works} | {i.id for i in mask_failed}  # (records of a stopped run are not new)
-    failed_now = [r["id"] for key, r in journal.pending().items() if "failed" in r and key in this_run]
+    pending = journal.pending()
+    failed_now = [pending[key]["id"] for key in resumable.new_failures(pending, this_run)]
     merged = _merge(out, journal, state, settings)
     if not works:
         print(f"nothing to do: all {done} image(s) already generated in {out} (--overwrite to redo)")
@@ -189,13 +191,13 @@ def _record_mask_failures(journal, items) -> None:
 
 def _merge(out: str, journal, state: FolderState, settings: dict) -> FolderState:
     """The main process, once every process is done: fold the new records into the manifest, then drop them."""
-    records = journal.pending()
-    rows, failed = dict(state.rows), dict(state.failed)
-    fold_records(rows, failed, records)
-    if records or not os.path.isfile(os.path.join(out, "manifest.json")) or rows != state.rows:
-        write_manifest(out, rows, settings, failed)
-    journal.consume(records)
-    return FolderState(rows, failed, {})
+
+    def write(rows, failed, records):
+        if records or not os.path.isfile(os.path.join(out, "manifest.json")) or rows != state.rows:
+            write_manifest(out, rows, settings, failed)
+
+    merged = resumable.merge(GENERATE_RECORDS, journal, dict(state.rows), dict(state.failed), write)
+    return FolderState(merged.rows, merged.failed, {})
 
 
 def _dry_run(ranks, items, works, state: FolderState, skipped_failed: list) -> int:
@@ -205,17 +207,18 @@ def _dry_run(ranks, items, works, state: FolderState, skipped_failed: list) -> i
     planned = {w.item.id: w for w in works}
 
     def status(item) -> str:
-        if item.id in skipped_failed:
-            return f"failed before, skipped (--retry-failed): {state.failed[item.id]['reason']}"
-        if item.mask_failure:
+        if item.mask_failure and item.id not in skipped_failed:
             return f"skipped: {item.mask_failure}"
-        return f"to do: {len(planned[item.id].jobs)} image(s)" if item.id in planned else "done"
+        reason = state.failed[item.id]["reason"] if item.id in skipped_failed else None
+        note = f": {len(planned[item.id].jobs)} image(s)" if item.id in planned else ""
+        return resumable.status(to_do=item.id in planned, failed_reason=reason, to_do_note=note)
 
     ordered = sorted(items, key=lambda i: i.id)
     mask_failed = sum(1 for i in items if i.mask_failure and i.id not in skipped_failed)
     images = sum(len(w.jobs) for w in works)
     print_dry_run([(i.id, i.path, status(i)) for i in ordered],
-                  f"dry run: {len(items)} photo(s); {len(works)} to do ({images} image(s)), "
-                  f"{len(items) - len(works) - len(skipped_failed) - mask_failed} done, {len(skipped_failed)} failed "
-                  f"before (skipped)" + (f", {mask_failed} without a mask (failed in the mask step)" if mask_failed else ""))
+                  resumable.summary(len(items), "photo", len(works),
+                                    len(items) - len(works) - len(skipped_failed) - mask_failed, len(skipped_failed),
+                                    to_do_note=f" ({images} image(s))",
+                                    extra=f", {mask_failed} without a mask (failed in the mask step)" if mask_failed else ""))
     return 0

@@ -4,38 +4,31 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass, field
 from typing import Optional
 
 from ..models.runs.atomic import write_atomically, write_json_atomically
+from ..models.runs import resumable
 from ..models.runs.journal import read_own_manifest
+from ..models.runs.resumable import FolderState, RecordKind
 from .generate_plan import Job, abs_path, differing_keys
 
 CSV_FIELDS = ["id", "mask", "generated", "original", "source", "prompt", "negative_prompt", "seeds",
               "controlnet_scale", "restored"]
 
 
-@dataclass
-class FolderState:
-    """What ``out`` holds: manifest rows (by id) and photos that failed (by photo id), the manifest's and those of
-    records a run did not merge yet (it was stopped); ``pending`` are those records."""
-
-    rows: dict
-    failed: dict
-    pending: dict
-    started: dict = field(default_factory=dict)  # tag -> settings, of photos a stopped run was writing
+# a generate record is one photo: its rows (by tag), or its failure; "started" marks a photo being written
+GENERATE_RECORDS = RecordKind(item_id=lambda r: r["id"], failure=resumable.failure_of_item,
+                              add_rows=lambda rows, r: rows.update(r["rows"]))
 
 
 def read_state(out: str, journal) -> FolderState:
     """The rows of ``out/manifest.json`` and of unmerged records that still describe files there, by id (images whose
     file is gone are dropped; rows of an older version, which recorded no per-row settings, are left out: their
     images count as undescribed), and the failed photos."""
-    path = os.path.join(out, "manifest.json")
-    data = read_own_manifest(path)
+    data = read_own_manifest(os.path.join(out, "manifest.json"))
     raw = {row.get("id"): row for row in data.get("rows", []) if isinstance(row, dict)}
     failed = {f["id"]: f for f in data.get("failed", []) if isinstance(f, dict) and "id" in f}
-    pending = journal.pending()
-    started = fold_records(raw, failed, pending)
+    state = resumable.read_state(GENERATE_RECORDS, journal, raw, failed)
     rows = {}
     exists = lambda rel: bool(rel) and os.path.isfile(os.path.join(out, rel))  # noqa: E731
     for tag, row in raw.items():
@@ -45,23 +38,7 @@ def read_state(out: str, journal) -> FolderState:
                   for im in row["images"] if exists(im.get("generated"))]
         if images:
             rows[tag] = dict(row, images=images)
-    return FolderState(rows, failed, pending, started)
-
-
-def fold_records(rows: dict, failed: dict, records: dict) -> dict:
-    """Add per-photo records to manifest rows and failures (a photo done now is no longer failed); returns the
-    settings of the rows whose photo was being written when its run stopped (tag -> settings)."""
-    started = {}
-    for _, record in sorted(records.items()):
-        if "started" in record:
-            started.update(record["started"])
-            rows.update(record["rows"])
-        elif "failed" in record:
-            failed[record["id"]] = {"id": record["id"], "source": record["source"], "reason": record["failed"]}
-        else:
-            failed.pop(record["id"], None)
-            rows.update(record["rows"])
-    return started
+    return FolderState(rows, failed, state.pending, state.started)
 
 
 def _csv_row(row: dict) -> dict:

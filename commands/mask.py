@@ -13,7 +13,9 @@ from ..models.runs.item_ids import assign_ids, base_name, colliding_groups
 from .common import (add_run_options, check_run_options, ensure_output_dir, exit_status, print_dry_run,
                      remove_stale_temporaries, report_failures, run_shared_part)
 from ..models.runs.atomic import write_atomically, write_json_atomically
+from ..models.runs import resumable
 from ..models.runs.journal import RECORDS_FOLDER, read_own_manifest
+from ..models.runs.resumable import RecordKind
 from .files import IMAGE_SUFFIXES, FoundImage, find_images, save_image_atomically
 
 log = logging.getLogger("salient_background")
@@ -105,24 +107,18 @@ def run_settings(args, dtype) -> dict:
             "binary": args.binary, "precision": str(dtype).replace("torch.", "")}
 
 
+# a mask record is one manifest row; a failed photo's row goes (its files are not described any more)
+MASK_RECORDS = RecordKind(item_id=lambda r: r["id"], failure=resumable.failure_of_item,
+                          add_rows=lambda rows, r: rows.__setitem__(r["id"], r), failure_drops_row=True)
+
+
 def read_folder_state(folder: str, journal) -> tuple[dict, dict]:
     """(rows by id, failures by id) of ``folder``'s mask manifest and of records not merged yet."""
-    path = os.path.join(folder, MANIFEST_JSON)
-    data = read_own_manifest(path)
+    data = read_own_manifest(os.path.join(folder, MANIFEST_JSON))
     rows = {r["id"]: r for r in data.get("rows", []) if isinstance(r, dict) and "id" in r}
     failed = {f["id"]: f for f in data.get("failed", []) if isinstance(f, dict) and "id" in f}
-    fold_records(rows, failed, journal.pending())
-    return rows, failed
-
-
-def fold_records(rows: dict, failed: dict, records: dict) -> None:
-    for _, record in sorted(records.items()):
-        if "failed" in record:
-            rows.pop(record["id"], None)
-            failed[record["id"]] = {"id": record["id"], "source": record["source"], "reason": record["failed"]}
-        else:
-            failed.pop(record["id"], None)
-            rows[record["id"]] = record
+    state = resumable.read_state(MASK_RECORDS, journal, rows, failed)
+    return state.rows, state.failed
 
 
 def write_folder_manifest(folder: str, rows: dict, failed: dict, settings: dict) -> None:
@@ -280,13 +276,14 @@ def _merge(journals: dict, states: dict, settings: dict, this_run: set) -> int:
     items of this run (``this_run``: (folder, id)), not those a stopped run left unmerged."""
     failed_now = 0
     for folder, journal in journals.items():
-        records = journal.pending()
         rows, failed = states[folder]
-        failed_now += sum("failed" in r and (folder, key) in this_run for key, r in records.items())
-        fold_records(rows, failed, records)
-        if records or not os.path.isfile(os.path.join(folder, MANIFEST_JSON)):
-            write_folder_manifest(folder, rows, failed, settings)
-        journal.consume(records)
+
+        def write(rows, failed, records, folder=folder):
+            if records or not os.path.isfile(os.path.join(folder, MANIFEST_JSON)):
+                write_folder_manifest(folder, rows, failed, settings)
+
+        merged = resumable.merge(MASK_RECORDS, journal, rows, failed, write)
+        failed_now += len(resumable.new_failures(merged.records, {key for f, key in this_run if f == folder}))
     return failed_now
 
 
@@ -296,13 +293,9 @@ def _dry_run(ranks, works, todo, skipped, states) -> int:
     planned, skipping = {id(w) for w in todo}, {id(w) for w in skipped}
 
     def status(work) -> str:
-        if id(work) in planned:
-            return "to do"
-        if id(work) in skipping:
-            return f"failed before, skipped (--retry-failed): {states[work.folder][1][work.id]['reason']}"
-        return "done"
+        reason = states[work.folder][1][work.id]["reason"] if id(work) in skipping else None
+        return resumable.status(to_do=id(work) in planned, failed_reason=reason)
 
     print_dry_run([(os.path.join(w.folder, w.id), w.found.path, status(w)) for w in works],
-                  f"dry run: {len(works)} image(s); {len(todo)} to do, {len(works) - len(todo) - len(skipped)} done, "
-                  f"{len(skipped)} failed before (skipped)")
+                  resumable.summary(len(works), "image", len(todo), len(works) - len(todo) - len(skipped), len(skipped)))
     return 0
