@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 
@@ -32,7 +33,12 @@ def _launch(launcher_args: list[str], tmp_path) -> list[str]:
     script.write_text(PRINT_RANK)
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES and not k.startswith("ACCELERATE_")}
     env.update(HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *launcher_args, str(script)],
+    # a free port: accelerate's default (29500) may still be held by a process another test's launcher left behind
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", port,
+                             *launcher_args, str(script)],
                             env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     return sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
