@@ -18,7 +18,6 @@ import pytest
 pytest.importorskip("accelerate")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 PRINT_RANK = "import os; print('rank', os.environ.get('RANK'), 'of', os.environ.get('WORLD_SIZE'), flush=True)\n"
 
 
@@ -31,7 +30,8 @@ def _launch(launcher_args: list[str], tmp_path) -> list[str]:
     """The lines the stand-in script printed under ``accelerate launch <launcher_args>`` (no accelerate config)."""
     script = tmp_path / "print_rank.py"
     script.write_text(PRINT_RANK)
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES and not k.startswith("ACCELERATE_")}
+    # a clean environment: variables other tests of the suite leave in this process must not reach the launcher
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR", "SYSTEMROOT") if k in os.environ}
     env.update(HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     # a free port: accelerate's default (29500) may still be held by a process another test's launcher left behind
     with socket.socket() as probe:
@@ -41,6 +41,7 @@ def _launch(launcher_args: list[str], tmp_path) -> list[str]:
                              *launcher_args, str(script)],
                             env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank " in result.stdout, result.stdout[-2000:] + result.stderr[-3000:]
     return sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
 
 
