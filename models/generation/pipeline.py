@@ -14,9 +14,9 @@ is wrong for this model), nothing pasted back (the object passes through the VAE
 
 Work the reference repeats is done once: the ControlNet embeds its hint (which is the same at every step) at the
 first step only (:func:`hint_embedded_once`; bitwise the same result), and the prompts and negative prompts go through
-the text encoder as one batch. The ControlNet's convolutions over few positions (its deepest levels) run as one matrix
-product each (:mod:`.small_convolutions`: oneDNN would rearrange their large weights at every step; the same
-convolution within float rounding).
+the text encoder as one batch. The convolutions over few positions (the deepest levels of the ControlNet and of the
+UNet) run as one matrix product each (:mod:`.small_convolutions`: oneDNN would rearrange their large weights at every
+step; the same convolution within float rounding).
 
 Random numbers are drawn as the reference draws them -- the initial noise first, then the VAE posterior sample of the
 masked image, from the same generator(s) -- so the same seed gives the same image as the reference pipeline
@@ -290,7 +290,7 @@ class SalientBackgroundPipeline(_diffusion_pipeline_base()):
         progress = self.progress_bar(total=steps) if show_progress else None
         try:
             controlnet = self.controlnet if use_controlnet else None
-            with hint_embedded_once(controlnet), small_convolutions_as_matmul(controlnet):
+            with hint_embedded_once(controlnet), small_convolutions_as_matmul(controlnet, self.unet):
                 for i, t in enumerate(timesteps):
                     in_window = not (i / steps < start or (i + 1) / steps > end)
                     scale = controlnet_scale if use_controlnet and in_window else 0.0
