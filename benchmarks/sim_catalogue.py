@@ -4,15 +4,15 @@ The real ``mask`` command (ids, journal records, merge, resume, dry run, progres
 that are hard links to one 8x8 PNG (N names, one inode: nothing to generate), with the stand-in model of
 ``tests/sb_testkit/faults.py`` (the mask is the red channel). Everything measured is therefore the engine and the
 command around the model: finding and naming the inputs, reading what the folder holds, planning, decoding an 8x8
-photo, writing two small PNGs and one record per item, the merge into ``mask_manifest.json/.csv``.
+photo, writing two small PNGs and one journal line per item, the merge into ``mask_manifest.json/.csv``.
 
 Per size and per process count (1 alone; 4 under ``torch.distributed.run`` with gloo on the CPU), printed:
 
 * wall seconds of the whole command and milliseconds per item (and per item of the items loop alone);
 * the peak resident memory of the largest process (``wait4``'s ``ru_maxrss``) and its growth per item between sizes;
 * the seconds of each step: finding the inputs, ids, reading the folder's state, planning, the items, the merge;
-* the files the run created per folder: in the output folder, and the pending records the merge read (the
-  records folder's peak; the merge removes them);
+* the files the run created per folder: in the output folder, and the journal files (one per process) and records
+  the merge read (the merge removes them);
 * a dry run of the finished folder (seconds);
 * a resumed run after SIGKILL of the whole process group at 50 %: items finished before the kill, items the
   rerun did, and items **redone** (outputs that existed at the kill and were rewritten: the items in flight).
@@ -34,7 +34,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))  # the stand-in model and its runner
 
-from sb_testkit.faults import fault_env, mask_command  # noqa: E402
+from sb_testkit.faults import fault_env, journal_files, mask_command, recorded  # noqa: E402
 
 
 def make_catalogue(folder: str, size: int) -> None:
@@ -62,9 +62,8 @@ def run(photos: str, out: str, processes: int, phases: str, extra=(), kill_at: i
                                 start_new_session=True)
         killed = None
         if kill_at:
-            records = os.path.join(out, ".records", "mask")
             while proc.poll() is None:
-                if os.path.isdir(records) and len(os.listdir(records)) >= kill_at:
+                if records_written(out) >= kill_at:
                     os.killpg(proc.pid, signal.SIGKILL)
                     time.sleep(1.0)  # the launcher's workers (same group) are gone too before the folder is read
                     killed = snapshot(out)
@@ -81,9 +80,18 @@ def snapshot(out: str) -> dict:
     for entry in os.scandir(out):
         if entry.name.endswith("_mask.png"):
             masks[entry.name] = entry.stat().st_mtime_ns
-    records_dir = os.path.join(out, ".records", "mask")
-    records = {n[: -len(".json")] for n in os.listdir(records_dir) if n.endswith(".json") and not n.startswith(".")}
-    return {"masks": masks, "records": records}
+    return {"masks": masks, "records": set(recorded(out))}
+
+
+def records_written(out: str) -> int:
+    """The journal lines written so far (cheap enough to poll: no JSON parsing)."""
+    count = 0
+    for path in journal_files(out):
+        try:
+            count += path.read_bytes().count(b"\n")
+        except FileNotFoundError:
+            pass
+    return count
 
 
 def read_phases(path: str) -> dict:
@@ -105,7 +113,8 @@ def measure(root: str, size: int, processes: int, resume: bool) -> dict:
     os.remove(phases)
     result = {"size": size, "processes": processes, "status": full["status"], "seconds": full["seconds"],
               "maxrss_mb": full["maxrss_mb"], "phases": p, "files_in_output": files_out,
-              "records_at_merge": p.get("pending_records_read", 0), "dry_run_seconds": dry["seconds"]}
+              "records_at_merge": p.get("pending_records_read", 0),
+              "journal_files_at_merge": p.get("journal_files_read", 0), "dry_run_seconds": dry["seconds"]}
     result["resume"] = None
     if resume:
         result["resume"] = resume_after_kill(photos, out, processes, phases, size)
@@ -118,7 +127,7 @@ def resume_after_kill(photos: str, out: str, processes: int, phases: str, size: 
     killed = run(photos, out, processes, phases, kill_at=size // 2)
     at_kill = killed["killed"]
     rerun = run(photos, out, processes, phases)
-    after = snapshot(out) if os.path.isdir(os.path.join(out, ".records", "mask")) else None
+    after = snapshot(out) if journal_files(out) else None
     masks_after = {e.name: e.stat().st_mtime_ns for e in os.scandir(out) if e.name.endswith("_mask.png")}
     redone = sum(1 for name, mtime in at_kill["masks"].items() if masks_after.get(name) != mtime)
     finished_at_kill = len(at_kill["records"])
@@ -141,8 +150,8 @@ def show(r: dict) -> None:
     print("    steps (s): " + ", ".join(f"{k} {p[k]:.2f}" for k in
                                        ("find_images", "output_paths", "read_folder_state", "plan", "run_shared_part",
                                         "_merge") if k in p))
-    print(f"    files: {r['files_in_output']} in the output folder, {r['records_at_merge']} records merged "
-          f"(records folder removed after); dry run {r['dry_run_seconds']:.1f} s")
+    print(f"    files: {r['files_in_output']} in the output folder; the merge read {r['records_at_merge']} records from "
+          f"{r['journal_files_at_merge']} journal file(s), then removed them; dry run {r['dry_run_seconds']:.1f} s")
     s = r["resume"]
     if s is None:
         return

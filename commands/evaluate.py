@@ -278,7 +278,7 @@ def _open_output(args: argparse.Namespace, settings: dict, journal, ranks) -> Fo
             for name in (CSV_NAME, SUMMARY_NAME, SETTINGS_NAME):
                 if os.path.exists(os.path.join(args.output, name)):
                     os.remove(os.path.join(args.output, name))
-            journal.consume(journal.pending())
+            journal.clear()
             write_json_atomically(os.path.join(args.output, SETTINGS_NAME), settings)
         return FolderState({}, {})
     settings_path = os.path.join(args.output, SETTINGS_NAME)

@@ -4,6 +4,7 @@ a status that says "rerun", nothing half-written presented as done, and the same
 same files as an undisturbed run, without redoing what was finished."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ import time
 import pytest
 
 from salient_background.models.runs.engine import PAUSE_ENV
-from sb_testkit.faults import check_presented_files, fault_env, final_files, mask_command, run_mask, write_photos
+from sb_testkit.faults import check_presented_files, fault_env, final_files, mask_command, recorded, run_mask, write_photos
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +43,7 @@ def small_photos(tmp_path_factory):
 
 def _finished(out) -> dict:
     """{file: mtime_ns} of the outputs of the items that have a record (finished): what a rerun must not touch."""
-    records = out / ".records" / "mask"
-    ids = [n[: -len(".json")] for n in os.listdir(records) if n.endswith(".json")] if records.is_dir() else []
+    ids = [key for key, record in recorded(out).items() if "failed" not in record]
     return {n: os.stat(out / n).st_mtime_ns for i in ids for n in (f"{i}_mask.png", f"{i}_cutout.png")}
 
 
@@ -74,8 +74,11 @@ def test_a_full_disk_while_writing_an_image_stops_the_run_and_a_rerun_completes_
 def test_a_full_disk_while_writing_the_manifest_keeps_the_records_and_a_rerun_merges_them(small_photos, tmp_path):
     photos, reference = small_photos
     out = tmp_path / "out"
-    # every image, record and the CSV fit; the JSON manifest (each row carries its settings) does not
-    limit = max(len(reference["mask_manifest.csv"]), max(len(v) for k, v in reference.items() if k.endswith(".png")))
+    # every image, the journal of the 8 records and the CSV fit; the JSON manifest (indented) does not
+    rows = json.loads(reference["mask_manifest.json"])["rows"]
+    journal = sum(len(json.dumps({"key": r["id"], "record": r})) + 1 for r in rows)  # a record is its row
+    limit = max(len(reference["mask_manifest.csv"]), journal,
+                max(len(v) for k, v in reference.items() if k.endswith(".png")))
     assert limit < len(reference["mask_manifest.json"])
     full = run_mask(photos, out, SB_FAULT_FSIZE=limit + 1)
     _no_traceback(full)
@@ -114,9 +117,8 @@ def test_an_output_folder_turned_read_only_mid_run_stops_it_and_a_rerun_complete
     out = tmp_path / "out"
     proc = subprocess.Popen(mask_command(photos, out), env=fault_env(**{PAUSE_ENV: "0.5"}), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    records = out / ".records" / "mask"
     deadline = time.monotonic() + 240
-    while not (records.is_dir() and len([n for n in os.listdir(records) if n.endswith(".json")]) >= 2):
+    while len(recorded(out)) < 2:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
         time.sleep(0.02)
     how = _make_read_only(out)

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from salient_background.models.runs.engine import PAUSE_ENV
-from sb_testkit.faults import check_presented_files, fault_env, final_files, mask_command, run_mask, write_photos
+from sb_testkit.faults import check_presented_files, fault_env, final_files, mask_command, recorded, run_mask, write_photos
 
 PHOTOS = 10
 
@@ -40,8 +40,7 @@ def _start(photos_dir, out, pause: float) -> subprocess.Popen:
 
 
 def _records(out) -> list[str]:
-    folder = out / ".records" / "mask"
-    return sorted(n[: -len(".json")] for n in os.listdir(folder) if n.endswith(".json")) if folder.is_dir() else []
+    return sorted(recorded(out))
 
 
 def _done(out) -> int:

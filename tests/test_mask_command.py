@@ -219,14 +219,13 @@ def test_temporaries_of_a_writer_killed_mid_write_are_removed_by_the_next_run(tm
 def test_a_failure_a_stopped_run_recorded_is_no_new_failure_of_the_rerun(tmp_path, stub_salient, capsys):
     import json
 
+    from sb_testkit.faults import record_stopped_run
+
     photos, out = tmp_path / "photos", tmp_path / "out"
     _photo(photos / "a.png", 10)
     (photos / "broken.png").write_bytes(b"not an image")
     # what a run stopped before its merge leaves: the failure's record, not merged into the manifest
-    records = out / ".records" / "mask"
-    records.mkdir(parents=True)
-    (records / "broken.json").write_text(json.dumps({"id": "broken", "source": str(photos / "broken.png"),
-                                                     "failed": "cannot read it"}))
+    record_stopped_run(out, {"broken": {"id": "broken", "source": str(photos / "broken.png"), "failed": "cannot read it"}})
     assert _mask(photos, "--output-dir", out) == 0  # skipped as failed before: nothing failed anew
     captured = capsys.readouterr()
     assert "mask: 1 done, 0 already done, 0 failed" in captured.out and "1 skipped now as failed before" in captured.err

@@ -17,14 +17,17 @@ def test_records_fold_into_done_failed_and_in_flight(tmp_path, caplog):
     journal.write("a", {"id": "a", "rows": {"a": {"n": 2}}})  # done now: no longer failed, row replaced
     journal.write("b", {"id": "b", "source": "/b.png", "failed": "unreadable"})
     journal.write("c", {"id": "c", "started": {"c": {"seed": 1}}, "rows": {"c": {"n": 0}}})  # in flight
-    (tmp_path / ".records" / "kind" / "d.json").write_bytes(b'{"id": "d", "ro')  # cut by a crash
+    journal.close()
+    journal_file, = (tmp_path / ".records" / "kind").glob("*.jsonl")
+    with open(journal_file, "ab") as fh:
+        fh.write(b'{"key": "d", "record": {"id": "d", "ro')  # cut by a crash
     with caplog.at_level(logging.WARNING, logger="salient_background"):
         state = resumable.read_state(KIND, journal, {"a": {"n": 1}}, {"a": {"id": "a", "reason": "x"}})
     assert state.rows == {"a": {"n": 2}, "c": {"n": 0}}
     assert state.failed == {"b": {"id": "b", "source": "/b.png", "reason": "unreadable"}}
     assert state.started == {"c": {"seed": 1}}
     assert sorted(state.pending) == ["a", "b", "c"]  # the damaged one counts as not written
-    assert "d.json" in caplog.text
+    assert f"line 4 of {journal_file}" in caplog.text
     assert resumable.new_failures(state.pending, {"b"}) == ["b"] and resumable.new_failures(state.pending, {"a"}) == []
 
 

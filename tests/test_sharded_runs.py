@@ -19,7 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sb_testkit.cli_runs import child_env, command, folder_bytes, run_cli
+from sb_testkit.cli_runs import GENERATE_NAMES, child_env, command, folder_bytes, run_cli, write_generate_inputs
+from sb_testkit.faults import recorded
 from sb_testkit.images import object_on_background, rect_mask
 from sb_testkit.sam import cached_checkpoint
 
@@ -32,13 +33,12 @@ _command, _env, _run, _files = command, child_env, run_cli, folder_bytes
 
 def _kill_then_resume(args, out, kind: str) -> subprocess.CompletedProcess:
     """Start ``args`` on two processes, SIGKILL rank 1 once the first item's record exists, then rerun it."""
-    records = os.path.join(out, RECORDS_FOLDER, kind)
     counters = os.path.join(out, RECORDS_FOLDER, kind + ".progress")
     proc = subprocess.Popen(_command(args, 2), env=_env(**{PAUSE_ENV: "2"}), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 600  # two processes load their models first (slow on a busy machine)
-        while not (_done_records(records) and os.path.isfile(os.path.join(counters, "rank1.json"))):
+        while not (_done_records(out, kind) and os.path.isfile(os.path.join(counters, "rank1.json"))):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
             time.sleep(0.1)
         with open(os.path.join(counters, "rank1.json")) as fh:
@@ -49,22 +49,13 @@ def _kill_then_resume(args, out, kind: str) -> subprocess.CompletedProcess:
             proc.kill()
         proc.communicate()
     assert proc.returncode != 0  # the run was cut short: nothing merged yet
-    assert _done_records(records)
+    assert _done_records(out, kind)
     return _run(args, 2)
 
 
-def _done_records(folder) -> list[str]:
-    """The records of items done (not failed, not being written) in ``folder``."""
-    done = []
-    for name in os.listdir(folder) if os.path.isdir(folder) else []:
-        try:
-            with open(os.path.join(folder, name)) as fh:
-                record = json.load(fh)
-        except (OSError, ValueError):
-            continue
-        if not {"failed", "started"} & set(record):
-            done.append(name)
-    return done
+def _done_records(out, kind: str) -> list[str]:
+    """The keys of the records of items done (not failed, not being written) in the folder ``out``."""
+    return [key for key, record in recorded(out, kind).items() if not {"failed", "started"} & set(record)]
 
 
 def _both_ranks_work(keys) -> None:
@@ -73,26 +64,13 @@ def _both_ranks_work(keys) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- generate
-GENERATE_NAMES = ["a", "cat", "dog", "sub/d", "h"]
-
-
 @pytest.fixture(scope="module")
 def generate_inputs(tiny_sd, tmp_path_factory):  # noqa: F811
     root = tmp_path_factory.mktemp("gen")
-    rng = np.random.default_rng(0)
-    for i, name in enumerate(GENERATE_NAMES):
-        h, w = (64, 64) if i % 2 == 0 else (48, 96)
-        (root / "photos" / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "photos" / f"{name}.png")
-        mask = np.zeros((h, w), np.uint8)
-        mask[8:40, 16:48] = 255
-        (root / "masks").mkdir(exist_ok=True)
-        Image.fromarray(mask).save(root / "masks" / (name.replace("/", "__") + "_mask.png"))
+    args = [*write_generate_inputs(root), "--pipeline", tiny_sd.hf_pipeline_dir]
     (root / "photos" / "broken.png").write_bytes(b"not an image")  # a corrupt photo
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "masks" / "broken_mask.png")
     _both_ranks_work([n.replace("/", "__") for n in GENERATE_NAMES])
-    args = ["generate", root / "photos", "--pipeline", tiny_sd.hf_pipeline_dir, "--masks", root / "masks", "--prompt",
-            "a swan", "--size", "64", "--steps", "2", "--num-images", "2", "--no-progress"]
     one = _run([*args, "--output-dir", root / "one"])
     assert one.returncode == 1, one.stderr[-3000:]  # 1: the corrupt photo failed, the others were done
     return root, args

@@ -9,7 +9,7 @@ A folder holds a merged manifest (rows of finished items, failed items with the 
    written (the journal says so in a warning).
 2. the command decides what is left to do (its own rules: settings that must match, files that must exist);
 3. :func:`merge` -- when every process is done, the main process folds the new records in, writes the manifest
-   through the command's writer and removes the records;
+   through the command's writer and removes the journal files it read;
 4. :func:`status` / :func:`listing` -- a dry run's line per item.
 
 A command describes only what its records hold, through :class:`RecordKind`.
@@ -96,7 +96,7 @@ def merge(kind: RecordKind, journal, rows: dict, failed: dict,
     records = journal.pending()
     fold_records(kind, rows, failed, records)
     write(rows, failed, records)
-    journal.consume(records)
+    journal.consume()
     return Merged(records, rows, failed)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -67,6 +68,7 @@ def _record_phases(path: str) -> dict:
     def pending(self):
         records = real_pending(self)
         phases["pending_records_read"] = max(phases.get("pending_records_read", 0), len(records))
+        phases["journal_files_read"] = max(phases.get("journal_files_read", 0), len(self._read))
         return records
 
     journal.Journal.pending = pending
@@ -148,6 +150,32 @@ def final_files(folder) -> dict:
     return found
 
 
+def recorded(folder, kind: str = "mask") -> dict:
+    """{id: record} of the records a run left unmerged in ``folder``, read as the command reads them."""
+    from salient_background.models.runs.journal import Journal
+
+    return Journal(str(folder), kind).pending()
+
+
+def record_stopped_run(folder, records: dict, kind: str = "mask") -> None:
+    """Leave ``records`` ({id: record}) unmerged in ``folder``, as a run stopped before its merge does."""
+    from salient_background.models.runs.journal import Journal
+
+    journal = Journal(str(folder), kind)
+    for key, record in records.items():
+        journal.write(key, record)
+    journal.close()
+
+
+def journal_files(folder, kind: str = "mask") -> list:
+    """The journal files of ``folder`` (``pathlib.Path``s, in the order the runs began)."""
+    from salient_background.models.runs.journal import JOURNAL_SUFFIX, RECORDS_FOLDER
+
+    records = os.path.join(str(folder), RECORDS_FOLDER, kind)
+    names = sorted(os.listdir(records)) if os.path.isdir(records) else []
+    return [pathlib.Path(records, n) for n in names if n.endswith(JOURNAL_SUFFIX)]
+
+
 def check_presented_files(folder) -> None:
     """Every output the manifest and the pending records present as done is a whole, decodable PNG (and every
     record and the manifest are whole JSON)."""
@@ -158,11 +186,7 @@ def check_presented_files(folder) -> None:
     if os.path.isfile(manifest):
         with open(manifest, encoding="utf-8") as fh:
             rows = json.load(fh)["rows"]
-    records = os.path.join(folder, ".records", "mask")
-    for name in sorted(os.listdir(records)) if os.path.isdir(records) else []:
-        if name.endswith(".json") and not name.startswith("."):
-            with open(os.path.join(records, name), encoding="utf-8") as fh:
-                rows.append(json.load(fh))  # a record is written whole (atomically) or not at all
+    rows.extend(recorded(folder).values())  # a journal line is whole or ignored (a cut one counts as not written)
     for row in rows:
         for key in ("mask", "cutout"):
             with Image.open(os.path.join(folder, row[key])) as picture:
