@@ -18,6 +18,8 @@ one). The SD1.5 random models (~3 GB on disk) are built once by tests/integratio
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
 import tempfile
@@ -41,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="stop sending after this many minutes, whatever the count (default 20)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds one prompt may take (default 600)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt stream (default 0)")
+    parser.add_argument("--log", default=None,
+                        help="write every prompt's outcome (kind, result, seconds, RSS, models held) to this JSONL file")
     parser.add_argument("--rss-bound", type=float, default=50.0,
                         help="fail above this RSS growth, MB per 100 prompts after the warm-up (default 50)")
     return parser.parse_args(argv)
@@ -68,6 +72,9 @@ def main(argv=None) -> int:
                                      max_seconds=args.minutes * 60, log=lambda s: print(s, flush=True))
         finally:
             server.stop()
+    if args.log:
+        with open(args.log, "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(dataclasses.asdict(o)) + "\n" for o in report.outcomes)
     print("\n".join(report.lines(args.rss_bound)))
     failures = report.failures(args.rss_bound)
     print("SOAK " + ("FAILED: " + "; ".join(failures) if failures else "PASSED"))

@@ -230,7 +230,8 @@ class ComfyServer:
         history = self.get_json(f"/history/{prompt_id}", timeout=timeout)
         return history.get(prompt_id) if isinstance(history, dict) else None
 
-    def probe(self, classes: tuple[str, ...] = ()) -> dict:
+    def probe(self, classes: tuple[str, ...] = (), trim: bool = False) -> dict:
         """What the in-process probe reports: the pack's model caches, ComfyUI's loaded models and the number of
-        live ``torch.nn.Module`` objects of each class named in ``classes`` (see comfy_probe_nodes/)."""
-        return self.get_json("/sb_test/probe?classes=" + ",".join(classes), timeout=300)
+        live ``torch.nn.Module`` objects of each class named in ``classes``; with ``trim``, the server's RSS before
+        and after the allocator returns its free memory (see comfy_probe_nodes/)."""
+        return self.get_json("/sb_test/probe?classes=" + ",".join(classes) + ("&trim=1" if trim else ""), timeout=300)

@@ -340,6 +340,7 @@ class Outcome:
     rss: int
     message: str = ""
     loaded: str = ""               # the models ComfyUI held after the prompt (RSS is compared within one such set)
+    rss_in_use: int | None = None  # at a probe: RSS once the allocator has returned its free memory (malloc_trim)
     problems: list[str] = field(default_factory=list)
 
 
@@ -445,14 +446,33 @@ class SoakReport:
     def count(self, got: str, expected: bool = True) -> int:
         return sum(1 for o in self.outcomes if o.got == got and (not o.problems) == expected)
 
-    def rss_growth_per_100(self) -> dict[str, float]:
-        """Least-squares slope of RSS (MB) against the prompt index, per 100 prompts, after the warm-up, fitted
-        within each set of models ComfyUI holds after the prompt (with at least 4 samples spread over 10 prompts):
-        loading or dropping a model moves RSS by its size, which is not growth."""
+    def _groups(self) -> dict[str, list[Outcome]]:
+        """The prompts after the warm-up by the set of models ComfyUI held after them: loading or dropping a model
+        moves RSS by its size, which is not growth, so RSS is compared within one set."""
         groups: dict[str, list[Outcome]] = {}
         for o in self.outcomes[self.warmup:]:
             groups.setdefault(o.loaded, []).append(o)
-        slopes = {state: _slope(group) for state, group in groups.items()}
+        return groups
+
+    def rss_growth_per_100(self) -> dict[str, float]:
+        """RSS growth (MB per 100 prompts) while nothing is loaded or dropped: the least-squares slope of RSS against
+        the prompt index within each unbroken run of prompts holding one set of models, pooled over the runs of each
+        set (at least 4 prompts spread over 10)."""
+        slopes = {state: _pooled_slope(group, lambda o: o.rss) for state, group in self._groups().items()}
+        return {state: slope for state, slope in slopes.items() if slope is not None}
+
+    def in_use_growth_per_100(self) -> dict[str, float]:
+        """Growth of the memory in use (RSS after malloc_trim, at the probes) across the whole soak within each set of
+        models: what a leak per load, per prompt or per failure leaves, and what allocator caching cannot explain."""
+        slopes = {state: _slope([o for o in group if o.rss_in_use is not None], lambda o: o.rss_in_use)
+                  for state, group in self._groups().items()}
+        return {state: slope for state, slope in slopes.items() if slope is not None}
+
+    def raw_growth_per_100(self) -> dict[str, float]:
+        """RSS against the prompt index across the whole soak within each set of models (loads and drops of other
+        models in between included): reported, not bounded -- memory freed by a dropped model and kept by the
+        allocator shows here as a step, not as use."""
+        slopes = {state: _slope(group, lambda o: o.rss) for state, group in self._groups().items()}
         return {state: slope for state, slope in slopes.items() if slope is not None}
 
     def lines(self, bound_mb: float) -> list[str]:
@@ -470,10 +490,14 @@ class SoakReport:
             f"pending {self.queue_at_end[1]}",
             f"RSS MB: after warm-up ({self.warmup} prompts) {post[0]:.0f}, min {min(post):.0f}, max {max(post):.0f}, "
             f"end {rss[-1]:.0f}",
-            f"RSS growth per 100 prompts after warm-up, within one set of loaded models: "
-            + ("; ".join(f"{v:+.1f} MB over {sum(o.loaded == k for o in self.outcomes[self.warmup:])} prompts holding "
-                         f"[{k}]" for k, v in slopes.items()) or "n/a (too few prompts)")
-            + f" (bound {bound_mb:.0f} MB)",
+            "RSS growth per 100 prompts after warm-up, while no model is loaded or dropped: "
+            + self._growth_line(slopes) + f" (bound {bound_mb:.0f} MB)",
+            "growth of the memory in use (RSS after malloc_trim, at the probes) per 100 prompts across the soak: "
+            + self._growth_line(self.in_use_growth_per_100()) + f" (bound {bound_mb:.0f} MB); at the probes: "
+            + ", ".join(f"#{o.index} {o.rss / 2 ** 20:.0f}->{o.rss_in_use / 2 ** 20:.0f}" for o in self.outcomes
+                        if o.rss_in_use is not None),
+            "RSS per 100 prompts across the soak, loads of other models in between (not bounded): "
+            + self._growth_line(self.raw_growth_per_100()),
             f"pack model caches: {json.dumps(self.probe.get('model_caches'))}",
             f"live model copies, most seen in {len(self.probes)} probes: {json.dumps(self.most_live_copies())}; "
             f"ComfyUI's loaded models at the end: {json.dumps(self.probe.get('loaded_models'))}",
@@ -486,6 +510,11 @@ class SoakReport:
             out.append(f"UNEXPECTED #{o.index} {o.kind}: {'; '.join(o.problems)} | {o.message[:400]}")
         return out
 
+    def _growth_line(self, slopes: dict[str, float]) -> str:
+        groups = self._groups()
+        return "; ".join(f"{v:+.1f} MB over {len(groups[k])} prompts holding [{k}]" for k, v in slopes.items()) \
+            or "n/a (too few prompts)"
+
     def failures(self, bound_mb: float) -> list[str]:
         """What makes the soak fail: unexpected outcomes, a queue not empty, RSS growth over the bound, a model held
         twice."""
@@ -495,17 +524,42 @@ class SoakReport:
         for what, slope in self.rss_growth_per_100().items():
             if slope > bound_mb:
                 problems.append(f"RSS grows {slope:.1f} MB per 100 prompts holding [{what}] (bound {bound_mb:.0f})")
+        for what, slope in self.in_use_growth_per_100().items():
+            if slope > bound_mb:
+                problems.append(f"memory in use grows {slope:.1f} MB per 100 prompts holding [{what}] "
+                                f"(bound {bound_mb:.0f})")
         for probe in self.probes:
             problems += [p for p in model_copy_problems(probe) if p not in problems]
         return problems
 
 
-def _slope(outcomes: list[Outcome]) -> float | None:
+def _slope(outcomes: list[Outcome], value) -> float | None:
+    """Least-squares slope of ``value(outcome)`` (bytes, as MB) against the prompt index, per 100 prompts."""
     x = np.array([o.index for o in outcomes], dtype=np.float64)
-    y = np.array([o.rss / 2 ** 20 for o in outcomes], dtype=np.float64)
+    y = np.array([value(o) / 2 ** 20 for o in outcomes], dtype=np.float64)
     if len(outcomes) < 4 or np.ptp(x) < 10:
         return None
     return float(np.polyfit(x, y, 1)[0] * 100)
+
+
+def _pooled_slope(outcomes: list[Outcome], value) -> float | None:
+    """One slope per 100 prompts fitted to every unbroken run of consecutive prompts at once (each run its own
+    level): the growth while the runs last, whatever happens between them."""
+    runs: list[list[Outcome]] = []
+    for o in outcomes:
+        if runs and runs[-1][-1].index == o.index - 1:
+            runs[-1].append(o)
+        else:
+            runs.append([o])
+    covariance = variance = 0.0
+    for run in runs:
+        x = np.array([o.index for o in run], dtype=np.float64)
+        y = np.array([value(o) / 2 ** 20 for o in run], dtype=np.float64)
+        covariance += float(((x - x.mean()) * (y - y.mean())).sum())
+        variance += float(((x - x.mean()) ** 2).sum())
+    if len(outcomes) < 4 or variance < 10:
+        return None
+    return covariance / variance * 100
 
 
 def model_copy_problems(probe: dict) -> list[str]:
@@ -541,7 +595,8 @@ def soak(server: ComfyServer, stream: list[SoakPrompt], *, warmup: int, timeout:
             outcome = run_one(server, watcher, item, index, timeout)
             outcomes.append(outcome)
             if index % PROBE_EVERY == PROBE_EVERY - 1:
-                probes.append(server.probe(tuple(MODEL_COPIES)))
+                probes.append(server.probe(tuple(MODEL_COPIES), trim=True))
+                outcome.rss_in_use = probes[-1].get("rss_after_trim")
             if log and (index % 10 == 0 or outcome.problems):
                 log(f"[soak] #{index} {item.kind}: {outcome.got} in {outcome.seconds:.1f} s, RSS {outcome.rss / 2 ** 20:.0f} MB"
                     + (f"  PROBLEM: {outcome.problems} {outcome.message[:300]}" if outcome.problems else ""))

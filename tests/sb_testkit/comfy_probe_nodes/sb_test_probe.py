@@ -7,10 +7,15 @@ part of the pack and adds no node. The answer:
   ``cache_contents()``), found through the module already imported by ComfyUI, whatever the pack's folder name;
 * ``loaded_models``: the class of each model ComfyUI's model management holds (``current_loaded_models``);
 * ``live_modules``: for each class name in ``?classes=A,B``, how many ``torch.nn.Module`` objects of that class are
-  alive in the process (the copies in memory, whoever holds them).
+  alive in the process (the copies in memory, whoever holds them);
+* with ``?trim=1``: ``rss_before_trim`` / ``rss_after_trim``, the process's resident bytes before and after handing
+  the C allocator's free memory back to the system (glibc's ``malloc_trim(0)``; absent elsewhere). What stays after
+  the trim is memory in use; what the trim returns was freed but kept by the allocator.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import sys
 
@@ -40,6 +45,31 @@ def _live_modules(names: list[str]) -> dict[str, int]:
     return counts
 
 
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _trim() -> dict:
+    gc.collect()
+    before = _rss_bytes()
+    libc_name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(libc_name).malloc_trim if libc_name else None
+    except (OSError, AttributeError):  # not glibc
+        trim = None
+    if trim is None:
+        return {"rss_before_trim": before, "rss_after_trim": None}
+    trim(0)
+    return {"rss_before_trim": before, "rss_after_trim": _rss_bytes()}
+
+
 def _report(classes: list[str]) -> dict:
     import comfy.model_management as mm
 
@@ -58,7 +88,10 @@ def _register_route() -> None:
     @PromptServer.instance.routes.get("/sb_test/probe")
     async def probe(request):
         classes = [c for c in request.rel_url.query.get("classes", "").split(",") if c]
-        return web.json_response(_report(classes))
+        report = _report(classes)
+        if request.rel_url.query.get("trim") == "1":
+            report.update(_trim())
+        return web.json_response(report)
 
 
 _register_route()

@@ -1,0 +1,59 @@
+"""The soak's memory figures (tests/sb_testkit/comfy_soak.py) on made-up RSS series: a model loaded and dropped moves
+RSS in steps that are not growth; growth while nothing is loaded, or memory in use that climbs across loads, is."""
+from __future__ import annotations
+
+import pytest
+
+from sb_testkit.comfy_soak import Outcome, SoakReport
+
+MB = 2 ** 20
+SMALL, BIG = "InSPyReNet,Sam", "BaseModel,InSPyReNet,Sam"
+
+
+def _report(series) -> SoakReport:
+    """``series``: (models held, RSS MB, in-use MB or None) per prompt."""
+    outcomes = []
+    for index, (loaded, rss, in_use) in enumerate(series):
+        o = Outcome(index, "k", "ok", "ok", 1.0, int(rss * MB), loaded=loaded)
+        o.rss_in_use = None if in_use is None else int(in_use * MB)
+        outcomes.append(o)
+    return SoakReport(outcomes, warmup=0, seconds=1.0, queue_at_end=(0, 0), probes=[{"cache_module_found": True}], stopped_early=False)
+
+
+def _cycles(cycles: int, small_level, big_mb: float, leak_per_prompt: float = 0.0, in_use_step: float = 0.0):
+    """Runs of 8 prompts holding the small set then 4 holding the big one; ``small_level(cycle)`` is the small set's
+    RSS in that cycle (the allocator keeping freed memory), ``leak_per_prompt`` MB added at every prompt."""
+    series, index = [], 0
+    for cycle in range(cycles):
+        for _ in range(8):
+            rss = small_level(cycle) + leak_per_prompt * index
+            in_use = 1000 + in_use_step * cycle if index % 5 == 0 else None
+            series.append((SMALL, rss, in_use))
+            index += 1
+        for _ in range(4):
+            series.append((BIG, big_mb + leak_per_prompt * index, None))
+            index += 1
+    return series
+
+
+def test_steps_between_loads_are_not_growth():
+    # the allocator keeps 300 MB more after each of the first three drops of the big model, then stays there
+    report = _report(_cycles(10, lambda c: 1000 + 300 * min(c, 3), 3000))
+    assert report.raw_growth_per_100()[SMALL] > 500  # what a fit across the loads reports
+    assert report.rss_growth_per_100()[SMALL] == pytest.approx(0.0, abs=1e-6)
+    assert report.in_use_growth_per_100()[SMALL] == pytest.approx(0.0, abs=1e-6)
+    assert report.failures(50.0) == []
+
+
+def test_growth_within_runs_is_caught():
+    report = _report(_cycles(6, lambda c: 1000, 3000, leak_per_prompt=1.0))  # 1 MB per prompt: 100 MB per 100
+    assert report.rss_growth_per_100()[SMALL] == pytest.approx(100.0)
+    assert any("RSS grows 100.0 MB per 100 prompts holding [InSPyReNet,Sam]" in f for f in report.failures(50.0))
+
+
+def test_memory_in_use_that_climbs_across_loads_is_caught():
+    # nothing grows within a run, but each load leaves 24 MB in use: 200 MB per 100 prompts (12 prompts a cycle)
+    report = _report(_cycles(10, lambda c: 1000 + 24 * c, 3000, in_use_step=24))
+    assert report.rss_growth_per_100()[SMALL] == pytest.approx(0.0, abs=1e-6)
+    assert report.in_use_growth_per_100()[SMALL] == pytest.approx(200.0, rel=0.05)  # sampled at the probes only
+    assert any("memory in use grows" in f and "[InSPyReNet,Sam]" in f for f in report.failures(50.0))
