@@ -265,3 +265,22 @@ def test_prepare_reports_an_unreadable_mask_per_photo(tmp_path):
     rejected = {os.path.basename(r["image"]): r["detail"]
                 for r in map(json.loads, open(tmp_path / "ds" / "rejected.jsonl"))}
     assert "DecompressionBombError" in rejected["p1.png"] and "UnidentifiedImageError" in rejected["p2.png"]
+
+
+def test_only_the_main_process_says_what_the_check_found(clean_dataset, tmp_path, caplog):
+    """Under torchrun every process checks the rows; the warning and the summary appear once, from the main one."""
+    import logging
+
+    folder = str(tmp_path / "dataset")
+    shutil.copytree(clean_dataset, folder)
+    os.remove(os.path.join(folder, _manifest_lines(folder)[0]["mask"]))
+    cfg = TrainConfig(data=folder, output_dir=str(tmp_path / "run"), batch_size=2, skip_bad_rows=True)
+    os.makedirs(cfg.output_dir)  # the trainer made it before the check
+    with caplog.at_level(logging.INFO, logger="salient_background"):
+        other = dataset_check.training_rows(cfg, resuming=False, world_size=2, is_main=False)
+    assert len(other) == 7 and [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO] == []
+    with caplog.at_level(logging.INFO, logger="salient_background"):
+        main = dataset_check.training_rows(cfg, resuming=False, world_size=2, is_main=True)
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert main == other and len(said) == 2
+    assert said[0].startswith("skipping 1 of 8 manifest rows") and said[1].startswith("checked the 8 rows")

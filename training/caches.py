@@ -9,6 +9,7 @@ Both are exact: the encoders are frozen, so a cached value is the value the step
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ log = logging.getLogger("salient_background")
 
 LATENT_CACHE_DIR = "latent_cache"
 LATENT_CACHE_CONFIG = "cache_config.json"
+ROWS_DIGEST = "rows_sha256"
 
 
 def as_list(value) -> list:
@@ -89,13 +91,24 @@ def _latent_cache_signature(config, dataset) -> dict:
     cfg = dataset.config
     signature = {"resolution": cfg.resolution, "resize_to": cfg.resize_to, "crops": cfg.latent_cache_crops,
                  "seed": cfg.seed, "rows": len(dataset), "base_model": os.path.abspath(config.base_model),
-                 "first_row": dataset.rows[0]["image"], "last_row": dataset.rows[-1]["image"]}
+                 "first_row": dataset.rows[0]["image"], "last_row": dataset.rows[-1]["image"],
+                 # every row's files in order: the same count with other rows skipped (--skip-bad-rows) is other data
+                 ROWS_DIGEST: hashlib.sha256(json.dumps([[r["image"], r.get("mask")] for r in dataset.rows])
+                                             .encode("utf-8", "surrogateescape")).hexdigest()}
     # recorded only when they differ from SD2 without a separate VAE, so SD2 caches of earlier versions stay valid
     if config.base and config.base != DEFAULT_BASE:
         signature["base"] = config.base
     if config.vae:
         signature["vae"] = os.path.abspath(config.vae)
     return signature
+
+
+def _same_cache(recorded: dict, signature: dict) -> bool:
+    """Whether a cache recorded with ``recorded`` holds ``signature``'s latents. Caches of versions that did not
+    record the rows' digest are compared on the rest (their runs still resume without re-encoding)."""
+    if ROWS_DIGEST not in recorded:
+        signature = {k: v for k, v in signature.items() if k != ROWS_DIGEST}
+    return recorded == signature
 
 
 def _open_latent_cache(config, dataset, accelerator) -> str:
@@ -105,7 +118,7 @@ def _open_latent_cache(config, dataset, accelerator) -> str:
     signature = _latent_cache_signature(config, dataset)
     sig_path = os.path.join(folder, LATENT_CACHE_CONFIG)
     if accelerator.is_main_process:
-        if os.path.isfile(sig_path) and json.load(open(sig_path)) != signature:
+        if os.path.isfile(sig_path) and not _same_cache(json.load(open(sig_path)), signature):
             log.warning("the latent cache in %s was built for other settings or data: rebuilding it", folder)
             shutil.rmtree(folder)
             os.makedirs(folder)

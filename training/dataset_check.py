@@ -172,7 +172,13 @@ def _refuse_bad_rows(bad: Sequence[BadRow], total: int, manifest: str, output_di
         f"{os.path.join(output_dir, SKIPPED_ROWS)})")
 
 
-def _rows_of_resumed_run(record: dict, bad: list[BadRow], manifest: str, digest: str, output_dir: str) -> set:
+def _say(is_main: bool, level: int, message: str, *args) -> None:
+    """Log on the main process only (under torchrun every process checks the rows; one says what it found)."""
+    log.log(level if is_main else logging.DEBUG, message, *args)
+
+
+def _rows_of_resumed_run(record: dict, bad: list[BadRow], manifest: str, digest: str, output_dir: str,
+                         is_main: bool) -> set:
     """The lines the run being resumed left out; an error when its data can no longer be what it was."""
     if record.get("manifest_sha256") != digest:
         raise InputError(
@@ -189,7 +195,7 @@ def _rows_of_resumed_run(record: dict, bad: list[BadRow], manifest: str, digest:
             "run in another --output-dir")
     if skipped:
         fixed = len(skipped - {b.line for b in bad})
-        log.info("%d manifest rows skipped when this run started stay skipped (%s)%s", len(skipped),
+        _say(is_main, logging.INFO, "%d manifest rows skipped when this run started stay skipped (%s)%s", len(skipped),
                  os.path.join(output_dir, SKIPPED_ROWS),
                  f"; {fixed} of them are fine now and will be used by a new run" if fixed else "")
     return skipped
@@ -205,7 +211,7 @@ def training_rows(config, *, resuming: bool, world_size: int = 1, is_main: bool 
     digest = _digest(manifest)
     record = _read_record(config.output_dir) if resuming else None
     if record is not None:
-        skipped = _rows_of_resumed_run(record, bad, manifest, digest, config.output_dir)
+        skipped = _rows_of_resumed_run(record, bad, manifest, digest, config.output_dir, is_main)
     elif bad and not config.skip_bad_rows:
         raise _refuse_bad_rows(bad, len(entries), manifest, config.output_dir)
     else:
@@ -213,12 +219,13 @@ def training_rows(config, *, resuming: bool, world_size: int = 1, is_main: bool 
         if is_main:
             _write_record(config.output_dir, manifest, digest, len(entries), bad)
         if bad:
-            log.warning("skipping %d of %d manifest rows that cannot be used (listed in %s):\n%s", len(bad),
-                        len(entries), os.path.join(config.output_dir, SKIPPED_ROWS), _listing(bad, manifest))
+            _say(is_main, logging.WARNING, "skipping %d of %d manifest rows that cannot be used (listed in %s):\n%s",
+                 len(bad), len(entries), os.path.join(config.output_dir, SKIPPED_ROWS), _listing(bad, manifest))
     rows = [e.row for e in entries if e.line not in skipped]
     needed = config.batch_size * world_size
     if len(rows) < needed:
         raise InputError(f"{len(rows)} usable training rows cannot fill one batch of {config.batch_size} per process "
                          f"x {world_size} processes; add data or lower --batch-size")
-    log.info("checked the %d rows of %s in %.1f s", len(entries), manifest, time.perf_counter() - start)
+    _say(is_main, logging.INFO, "checked the %d rows of %s in %.1f s", len(entries), manifest,
+         time.perf_counter() - start)
     return rows
