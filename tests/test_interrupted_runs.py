@@ -10,34 +10,21 @@ import signal
 import subprocess
 import time
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from sb_testkit.cli_runs import child_env, command, file_states, folder_bytes, run_cli
+from sb_testkit.cli_runs import GENERATE_NAMES, child_env, command, file_states, folder_bytes, run_cli, write_generate_inputs
 
 from salient_background.models.runs.engine import PAUSE_ENV
 from salient_background.models.runs.ranks import owner
 
-NAMES = ["a", "cat", "dog", "sub/d", "h"]  # both of two processes own some (the share is a hash of the id)
 FINISHED = ("generated", "inputs", "masks")
 
 
 @pytest.fixture(scope="module")
 def photos(tiny_sd, tmp_path_factory):
     root = tmp_path_factory.mktemp("interrupt")
-    rng = np.random.default_rng(0)
-    for i, name in enumerate(NAMES):
-        h, w = (64, 64) if i % 2 == 0 else (48, 96)
-        (root / "photos" / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "photos" / f"{name}.png")
-        mask = np.zeros((h, w), np.uint8)
-        mask[8:40, 16:48] = 255
-        (root / "masks").mkdir(exist_ok=True)
-        Image.fromarray(mask).save(root / "masks" / (name.replace("/", "__") + "_mask.png"))
-    assert {owner(n.replace("/", "__"), 2) for n in NAMES} == {0, 1}
-    args = ["generate", root / "photos", "--pipeline", tiny_sd.hf_pipeline_dir, "--masks", root / "masks", "--prompt",
-            "a swan", "--size", "64", "--steps", "2", "--num-images", "2", "--no-progress"]
+    args = [*write_generate_inputs(root), "--pipeline", tiny_sd.hf_pipeline_dir]
+    assert {owner(n.replace("/", "__"), 2) for n in GENERATE_NAMES} == {0, 1}
     reference = run_cli([*args, "--output-dir", root / "reference"])
     assert reference.returncode == 0, reference.stderr[-3000:]
     return root, args
@@ -79,7 +66,7 @@ def test_an_interrupted_run_resumed_redoes_nothing_finished(photos, processes, s
         assert stopped.stderr.strip().endswith("interrupted; rerun the same command to resume")
     finished = file_states(out, FINISHED)
     generated = [p for p in finished if p.startswith("generated")]
-    assert 0 < len(generated) < 2 * len(NAMES), stopped.stderr[-3000:]  # stopped part way
+    assert 0 < len(generated) < 2 * len(GENERATE_NAMES), stopped.stderr[-3000:]  # stopped part way
 
     if sig == signal.SIGINT:
         dry = run_cli([*args, "--output-dir", out, "--dry-run"])

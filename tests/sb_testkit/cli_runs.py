@@ -56,3 +56,28 @@ def file_states(folder, under=("",)) -> dict:
                 with open(path, "rb") as fh:
                     states[os.path.relpath(path, folder)] = (st.st_ino, st.st_mtime_ns, fh.read())
     return states
+
+
+# photos of two sizes in a subfolder too ("sub/d"), chosen so that each of two processes owns some (the share is a
+# hash of the id)
+GENERATE_NAMES = ("a", "cat", "dog", "sub/d", "h")
+
+
+def write_generate_inputs(root, names=GENERATE_NAMES) -> list:
+    """Random photos ``<root>/photos/<name>.png`` and a rectangle mask for each in ``<root>/masks`` (the name with
+    ``/`` as ``__``, as ``generate`` names its items); returns the ``generate`` arguments for them on the tiny
+    pipeline folder, without ``--pipeline`` and ``--output-dir``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        h, w = (64, 64) if i % 2 == 0 else (48, 96)
+        (root / "photos" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "photos" / f"{name}.png")
+        mask = np.zeros((h, w), np.uint8)
+        mask[8:40, 16:48] = 255
+        Image.fromarray(mask).save(root / "masks" / (name.replace("/", "__") + "_mask.png"))
+    return ["generate", root / "photos", "--masks", root / "masks", "--prompt", "a swan", "--size", "64", "--steps",
+            "2", "--num-images", "2", "--no-progress"]
