@@ -116,3 +116,14 @@ def test_journal_files_of_several_journals_in_one_process_differ(tmp_path):
     one.write("a", {"id": "a"})
     two.write("b", {"id": "b"})
     assert len(_files(tmp_path)) == 2 and journal_module.JOURNAL_SUFFIX == ".jsonl"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files through /proc")
+def test_journals_of_many_folders_keep_no_file_open(tmp_path):
+    """`mask` without --output-dir writes beside the photos: one journal per folder, thousands of folders."""
+    before = len(os.listdir("/proc/self/fd"))
+    journals = [Journal(str(tmp_path / f"folder{i}"), "kind") for i in range(300)]
+    for i, journal in enumerate(journals):
+        journal.write("a", {"id": "a", "n": i})
+    assert len(os.listdir("/proc/self/fd")) <= before + 2
+    assert Journal(str(tmp_path / "folder299"), "kind").pending() == {"a": {"id": "a", "n": 299}}

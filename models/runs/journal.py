@@ -1,7 +1,7 @@
 """Per-item records of a run, written by whichever process did the item and merged by the main process.
 
 Each process appends one JSON line per finished (or failed, or started) item to its own journal file,
-``<folder>/.records/<kind>/<start>.<host>.<pid>.<n>.jsonl`` (``<start>``: when the file was opened, in nanoseconds,
+``<folder>/.records/<kind>/<start>.<host>.<pid>.<n>.jsonl`` (``<start>``: when its first record was written, in ns,
 so names sort in the order the runs began), right after the item's outputs. A process therefore never writes a file
 another process writes, and a run killed at any moment loses at most the items in flight: their outputs are redone,
 and rewritten whole. One file per process, not per item: a 100,000-photo catalogue leaves a handful of files for the
@@ -88,37 +88,37 @@ class Journal:
         self.folder = os.path.join(folder, RECORDS_FOLDER, kind)
         self.progress_folder = os.path.join(folder, RECORDS_FOLDER, kind + ".progress")
         self._lock = threading.Lock()  # records come from the file threads
-        self._fd: Optional[int] = None
-        self._path: Optional[str] = None
+        self._path: Optional[str] = None  # this journal's file, named at its first record
         self._cut = False  # the last append was cut short (disk full): the next one starts on a new line
         self._read: list[str] = []  # the journal files the last :meth:`pending` read (what a merge removes)
 
     def write(self, key: str, record: dict) -> None:
+        """Append ``record`` of ``key``. The file is opened for each record and closed again: a run that writes
+        beside the photos of thousands of folders keeps no file open per folder."""
         line = json.dumps({"key": key, "record": record}, ensure_ascii=True) + "\n"
         with self._lock:
-            if self._fd is None:
-                self._open()
+            if self._path is None:
+                os.makedirs(self.folder, exist_ok=True)
+                name = f"{time.time_ns():020d}.{socket.gethostname()}.{os.getpid()}.{next(_journal_numbers)}"
+                self._path = os.path.join(self.folder, name + JOURNAL_SUFFIX)
             data = (("\n" + line) if self._cut else line).encode("ascii")
             self._cut = True
             try:
-                while data:  # a write past a file-size limit writes what fits and fails on the next call
-                    data = data[os.write(self._fd, data):]
+                fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0), 0o644)
+                try:
+                    while data:  # a write past a file-size limit writes what fits and fails on the next call
+                        data = data[os.write(fd, data):]
+                finally:
+                    os.close(fd)
             except OSError as exc:
                 exc.filename = exc.filename or self._path
                 raise
             self._cut = False
 
-    def _open(self) -> None:
-        os.makedirs(self.folder, exist_ok=True)
-        name = f"{time.time_ns():020d}.{socket.gethostname()}.{os.getpid()}.{next(_journal_numbers)}{JOURNAL_SUFFIX}"
-        self._path = os.path.join(self.folder, name)
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0), 0o644)
-
     def close(self) -> None:
+        """End this journal file: a later record starts a new one (as a new run's would)."""
         with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd, self._path = None, None
+            self._path, self._cut = None, False
 
     def pending(self) -> dict[str, dict]:
         """``{key: record}`` of the records not merged yet, the latest of each key (an unreadable line counts as not
