@@ -601,6 +601,6 @@ def soak(server: ComfyServer, stream: list[SoakPrompt], *, warmup: int, timeout:
                 log(f"[soak] #{index} {item.kind}: {outcome.got} in {outcome.seconds:.1f} s, RSS {outcome.rss / 2 ** 20:.0f} MB"
                     + (f"  PROBLEM: {outcome.problems} {outcome.message[:300]}" if outcome.problems else ""))
     queue = server.queue_sizes()
-    probes.append(server.probe(tuple(MODEL_COPIES)))
+    probes.append(server.probe(tuple(MODEL_COPIES), trim=True))
     return SoakReport(outcomes, min(warmup, len(outcomes)), time.monotonic() - start, queue, probes, stopped)
 
