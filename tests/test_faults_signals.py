@@ -121,3 +121,48 @@ def test_sigkill_at_random_moments_loses_nothing(photos, tmp_path):
         assert _finished(out, set(finished)) == kept, context  # nothing finished was redone
         assert final_files(out) == reference, context
     print(f"SIGKILL trials (seed {seed}): {kills}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (dead, not yet reaped by its new parent) counts as gone
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process groups and parent pids")
+def test_workers_stop_when_their_torchrun_launcher_is_killed_outright(photos, tmp_path):
+    """torchrun puts each worker in a process group of its own: SIGKILL to the launcher's group (the out-of-memory
+    killer, ``kill -9``) used to leave the workers writing on into the folder a rerun works in. They now notice
+    the launcher is gone and stop as on SIGTERM; the rerun completes the run."""
+    photos_dir, reference = photos
+    out = tmp_path / "out"
+    proc = subprocess.Popen(mask_command(photos_dir, out, processes=2), env=fault_env(**{PAUSE_ENV: "0.5"}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    counters = out / ".records" / "mask.progress"
+    deadline = time.monotonic() + 300
+    while len(_records(out)) < 2 or not (counters / "rank1.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.02)
+    workers = [json.loads((counters / f"rank{r}.json").read_text())["pid"] for r in (0, 1)]
+    assert all(os.getpgid(pid) != proc.pid for pid in workers)  # not in the launcher's group: a killpg misses them
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    deadline = time.monotonic() + 60
+    while any(_alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, "the workers went on after their launcher was killed"
+        time.sleep(0.1)
+    finished = _records(out)
+    assert 2 <= len(finished) < PHOTOS, finished  # they stopped part way (each finished the item in hand)
+    check_presented_files(out)
+    kept = _finished(out, finished)
+    rerun = run_mask(photos_dir, out)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"mask: {PHOTOS - len(finished)} done, {len(finished)} already done, 0 failed" in rerun.stdout
+    assert _finished(out, finished) == kept
+    assert final_files(out) == reference

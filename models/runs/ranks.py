@@ -13,12 +13,16 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import signal
+import threading
+import time
 from dataclasses import dataclass
 
 from ..errors import InputError
 
 # one process may finish its share hours before another; the closing barrier must outwait it
 BARRIER_TIMEOUT = datetime.timedelta(days=7)
+LAUNCHER_POLL_SECONDS = 1.0
 
 
 def owner(key: str, world: int) -> int:
@@ -83,7 +87,26 @@ def join_ranks() -> Ranks:
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
+    if os.environ.get("TORCHELASTIC_RUN_ID"):  # torchrun, accelerate launch
+        stop_when_launcher_dies()
     return Ranks(rank=rank, world=world, local_rank=local_rank, joined=True)
+
+
+def stop_when_launcher_dies(poll_seconds: float = LAUNCHER_POLL_SECONDS) -> None:
+    """torchrun starts each worker in a process group of its own, so a launcher killed outright (SIGKILL, the
+    out-of-memory killer) leaves its workers running on, writing into the folder a rerun then works in. Each
+    worker watches its parent, and once the launcher is gone stops as on SIGTERM: the files being written are
+    finished and recorded, exit 130 (POSIX; a daemon thread)."""
+    if os.name != "posix":
+        return
+    launcher = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == launcher:
+            time.sleep(poll_seconds)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="sb-launcher-watch", daemon=True).start()
 
 
 def device_name(requested: str | None, ranks: Ranks) -> str | None:
