@@ -14,8 +14,9 @@ Per size and per process count (1 alone; 4 under ``torch.distributed.run`` with 
 * the files the run created per folder: in the output folder, and the journal files (one per process) and records
   the merge read (the merge removes them);
 * a dry run of the finished folder (seconds);
-* a resumed run after SIGKILL of the whole process group at 50 %: items finished before the kill, items the
-  rerun did, and items **redone** (outputs that existed at the kill and were rewritten: the items in flight).
+* a resumed run after SIGKILL of every process of the run at 50 % (the launcher's group and each torchrun worker,
+  which sits in a group of its own): items finished before the kill, items the rerun did, and items **redone**
+  (outputs that existed at the kill and were rewritten: the items in flight).
 
     python benchmarks/sim_catalogue.py [--sizes 1000 10000 100000] [--processes 1 4] [--root /tmp/...]
 """
@@ -66,7 +67,12 @@ def run(photos: str, out: str, processes: int, phases: str, extra=(), kill_at: i
             while proc.poll() is None:
                 if records_written(out) >= kill_at:
                     os.killpg(proc.pid, signal.SIGKILL)
-                    time.sleep(1.0)  # the launcher's workers (same group) are gone too before the folder is read
+                    for pid in worker_pids(out):  # torchrun's workers sit in process groups of their own
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                    time.sleep(1.0)
                     killed = snapshot(out)
                     break
                 time.sleep(0.05)
@@ -82,6 +88,19 @@ def snapshot(out: str) -> dict:
         if entry.name.endswith("_mask.png"):
             masks[entry.name] = entry.stat().st_mtime_ns
     return {"masks": masks, "records": set(recorded(out))}
+
+
+def worker_pids(out: str) -> list[int]:
+    """The processes of a run, from the progress counters each writes (``rank<k>.json`` names its pid)."""
+    folder = os.path.join(out, ".records", "mask.progress")
+    pids = []
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        try:
+            with open(os.path.join(folder, name), encoding="utf-8") as fh:
+                pids.append(int(json.load(fh)["pid"]))
+        except (OSError, ValueError, KeyError):
+            continue
+    return pids
 
 
 def records_written(out: str) -> int:

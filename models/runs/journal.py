@@ -46,25 +46,26 @@ _journal_numbers = itertools.count()  # several journals of one process (one per
 
 
 def _read_journal_file(path: str, records: dict) -> bool:
-    """Fold the lines of one journal file into ``records``; False when the file cannot be read at all."""
+    """Fold the lines of one journal file into ``records`` (read line by line: a 100k-item journal is never held
+    whole); False when the file cannot be opened."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        fh = open(path, "rb")
     except OSError as exc:
         _say_unreadable(path, exc, "its items count as not done and are done again")
         return False
-    lines = data.split(b"\n")
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-            if not (isinstance(entry, dict) and isinstance(entry.get("key"), str) and isinstance(entry.get("record"), dict)):
-                raise ValueError("not a record line")
-        except ValueError as exc:  # not JSON, not UTF-8, cut short by a crash, or another shape
-            _say_unreadable(f"line {number} of {path}", exc, "its item counts as not done and is done again")
-            continue
-        records[entry["key"]] = entry["record"]
+    with fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                if not (isinstance(entry, dict) and isinstance(entry.get("key"), str)
+                        and isinstance(entry.get("record"), dict)):
+                    raise ValueError("not a record line")
+            except ValueError as exc:  # not JSON, not UTF-8, cut short by a crash, or another shape
+                _say_unreadable(f"line {number} of {path}", exc, "its item counts as not done and is done again")
+                continue
+            records[entry["key"]] = entry["record"]
     return True
 
 
