@@ -455,10 +455,9 @@ class SoakReport:
         return groups
 
     def rss_growth_per_100(self) -> dict[str, float]:
-        """RSS growth (MB per 100 prompts) while nothing is loaded or dropped: the least-squares slope of RSS against
-        the prompt index within each unbroken run of prompts holding one set of models, pooled over the runs of each
-        set (at least 4 prompts spread over 10)."""
-        slopes = {state: _pooled_slope(group, lambda o: o.rss) for state, group in self._groups().items()}
+        """Growth of the RSS peak within each set of models ComfyUI holds: the peak over the later half of the set's
+        prompts against the earlier half, MB per 100 prompts (at least 4 prompts spread over 10)."""
+        slopes = {state: _peak_growth(group, lambda o: o.rss) for state, group in self._groups().items()}
         return {state: slope for state, slope in slopes.items() if slope is not None}
 
     def in_use_growth_per_100(self) -> dict[str, float]:
@@ -490,7 +489,7 @@ class SoakReport:
             f"pending {self.queue_at_end[1]}",
             f"RSS MB: after warm-up ({self.warmup} prompts) {post[0]:.0f}, min {min(post):.0f}, max {max(post):.0f}, "
             f"end {rss[-1]:.0f}",
-            "RSS growth per 100 prompts after warm-up, while no model is loaded or dropped: "
+            "RSS peak growth per 100 prompts after warm-up (later half vs earlier half, within one set of models): "
             + self._growth_line(slopes) + f" (bound {bound_mb:.0f} MB)",
             "growth of the memory in use (RSS after malloc_trim, at the probes) per 100 prompts across the soak: "
             + self._growth_line(self.in_use_growth_per_100()) + f" (bound {bound_mb:.0f} MB); at the probes: "
@@ -523,7 +522,7 @@ class SoakReport:
             problems.append(f"queue not empty at the end: {self.queue_at_end}")
         for what, slope in self.rss_growth_per_100().items():
             if slope > bound_mb:
-                problems.append(f"RSS grows {slope:.1f} MB per 100 prompts holding [{what}] (bound {bound_mb:.0f})")
+                problems.append(f"RSS peak grows {slope:.1f} MB per 100 prompts holding [{what}] (bound {bound_mb:.0f})")
         for what, slope in self.in_use_growth_per_100().items():
             if slope > bound_mb:
                 problems.append(f"memory in use grows {slope:.1f} MB per 100 prompts holding [{what}] "
@@ -542,24 +541,17 @@ def _slope(outcomes: list[Outcome], value) -> float | None:
     return float(np.polyfit(x, y, 1)[0] * 100)
 
 
-def _pooled_slope(outcomes: list[Outcome], value) -> float | None:
-    """One slope per 100 prompts fitted to every unbroken run of consecutive prompts at once (each run its own
-    level): the growth while the runs last, whatever happens between them."""
-    runs: list[list[Outcome]] = []
-    for o in outcomes:
-        if runs and runs[-1][-1].index == o.index - 1:
-            runs[-1].append(o)
-        else:
-            runs.append([o])
-    covariance = variance = 0.0
-    for run in runs:
-        x = np.array([o.index for o in run], dtype=np.float64)
-        y = np.array([value(o) / 2 ** 20 for o in run], dtype=np.float64)
-        covariance += float(((x - x.mean()) * (y - y.mean())).sum())
-        variance += float(((x - x.mean()) ** 2).sum())
-    if len(outcomes) < 4 or variance < 10:
+def _peak_growth(outcomes: list[Outcome], value) -> float | None:
+    """How much the peak of ``value`` (MB) rose from the earlier half of ``outcomes`` to the later half, per 100
+    prompts between the halves' centres: what keeps growing shows; what climbs to a plateau (an allocator taking
+    back its working memory after a probe's trim, memory kept after a model is dropped) and steps down do not."""
+    if len(outcomes) < 4 or outcomes[-1].index - outcomes[0].index < 10:
         return None
-    return covariance / variance * 100
+    half = len(outcomes) // 2
+    early, late = outcomes[:half], outcomes[half:]
+    rise = max(value(o) for o in late) / 2 ** 20 - max(value(o) for o in early) / 2 ** 20
+    distance = np.mean([o.index for o in late]) - np.mean([o.index for o in early])
+    return float(rise / distance * 100)
 
 
 def model_copy_problems(probe: dict) -> list[str]:
