@@ -112,18 +112,21 @@ def _same_cache(recorded: dict, signature: dict) -> bool:
 
 
 def _open_latent_cache(config, dataset, accelerator) -> str:
-    """The cache folder, emptied first when it was built for other settings or data (by the main process)."""
+    """The cache folder, emptied first when it was built for other settings or data (by the main process). The
+    record of a cache that fits is left as it is (one of an earlier version keeps its form)."""
     folder = os.path.join(config.output_dir, LATENT_CACHE_DIR)
     os.makedirs(folder, exist_ok=True)
     signature = _latent_cache_signature(config, dataset)
     sig_path = os.path.join(folder, LATENT_CACHE_CONFIG)
     if accelerator.is_main_process:
-        if os.path.isfile(sig_path) and not _same_cache(json.load(open(sig_path)), signature):
-            log.warning("the latent cache in %s was built for other settings or data: rebuilding it", folder)
-            shutil.rmtree(folder)
-            os.makedirs(folder)
-        with open(sig_path, "w") as fh:
-            json.dump(signature, fh, indent=2)
+        fits = os.path.isfile(sig_path) and _same_cache(json.load(open(sig_path)), signature)
+        if not fits:
+            if os.path.isfile(sig_path):
+                log.warning("the latent cache in %s was built for other settings or data: rebuilding it", folder)
+                shutil.rmtree(folder)
+                os.makedirs(folder)
+            with open(sig_path, "w") as fh:
+                json.dump(signature, fh, indent=2)
     accelerator.wait_for_everyone()
     return folder
 
