@@ -74,3 +74,13 @@ def test_memory_in_use_that_climbs_across_loads_is_caught():
     assert report.rss_growth_per_100()[SMALL] == pytest.approx(0.0, abs=1e-6)
     assert report.in_use_growth_per_100()[SMALL] == pytest.approx(200.0, rel=0.05)  # sampled at the probes only
     assert any("memory in use grows" in f and "[InSPyReNet,Sam]" in f for f in report.failures(50.0))
+
+
+def test_a_model_held_twice_is_told_apart_from_two_files_held_once():
+    from sb_testkit.comfy_soak import model_copy_problems
+
+    probe = {"cache_module_found": True, "model_caches": {"salient": [["/m/a.pth"], ["/m/b.pth"]], "sam": [["/m/s.pth"]]},
+             "live_modules": {"InSPyReNet": 2, "Sam": 1}}
+    assert model_copy_problems(probe) == []  # two salient files (another test's and the soak's), each once
+    probe["live_modules"]["Sam"] = 2
+    assert model_copy_problems(probe) == ["2 live Sam objects (at most 1 expected)"]  # one file, two copies
