@@ -35,7 +35,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))  # the stand-in model and its runner
 
-from sb_testkit.faults import fault_env, journal_files, mask_command, recorded  # noqa: E402
+from sb_testkit.faults import fault_env, journal_files, mask_command, recorded, run_pids  # noqa: E402
 import salient_background.models.runs.journal  # noqa: E402,F401  (imported now: the first import takes seconds, a 1k run less)
 
 
@@ -67,7 +67,7 @@ def run(photos: str, out: str, processes: int, phases: str, extra=(), kill_at: i
             while proc.poll() is None:
                 if records_written(out) >= kill_at:
                     os.killpg(proc.pid, signal.SIGKILL)
-                    for pid in worker_pids(out):  # torchrun's workers sit in process groups of their own
+                    for pid in run_pids(out).values():  # torchrun's workers sit in process groups of their own
                         try:
                             os.kill(pid, signal.SIGKILL)
                         except ProcessLookupError:
@@ -88,19 +88,6 @@ def snapshot(out: str) -> dict:
         if entry.name.endswith("_mask.png"):
             masks[entry.name] = entry.stat().st_mtime_ns
     return {"masks": masks, "records": set(recorded(out))}
-
-
-def worker_pids(out: str) -> list[int]:
-    """The processes of a run, from the progress counters each writes (``rank<k>.json`` names its pid)."""
-    folder = os.path.join(out, ".records", "mask.progress")
-    pids = []
-    for name in os.listdir(folder) if os.path.isdir(folder) else []:
-        try:
-            with open(os.path.join(folder, name), encoding="utf-8") as fh:
-                pids.append(int(json.load(fh)["pid"]))
-        except (OSError, ValueError, KeyError):
-            continue
-    return pids
 
 
 def records_written(out: str) -> int:

@@ -17,7 +17,8 @@ import time
 import pytest
 
 from salient_background.models.runs.engine import PAUSE_ENV
-from sb_testkit.faults import check_presented_files, fault_env, final_files, mask_command, recorded, run_mask, write_photos
+from sb_testkit.faults import (check_presented_files, fault_env, final_files, mask_command, recorded, run_mask, run_pids,
+                               write_photos)
 
 PHOTOS = 10
 
@@ -74,9 +75,15 @@ def test_sigterm_before_preemption_ends_the_run_resumably(photos, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "interrupted; rerun the same command to resume" in err
-    finished = _records(out)
-    assert 2 <= len(finished) < PHOTOS  # the item in hand was finished (and recorded) or left undone: no more
     assert not [n for n in os.listdir(out) if ".sbtmp." in n]
+    _stopped_part_way_then_resumed(photos_dir, out, reference)
+
+
+def _stopped_part_way_then_resumed(photos_dir, out, reference) -> None:
+    """A run stopped part way (the item in hand finished and recorded, or left undone: no more) leaves only whole
+    files; the same command does the rest without touching the finished ones and ends with the undisturbed files."""
+    finished = _records(out)
+    assert 2 <= len(finished) < PHOTOS, finished
     check_presented_files(out)
     kept = _finished(out, finished)
     rerun = run_mask(photos_dir, out)
@@ -144,12 +151,11 @@ def test_workers_stop_when_their_torchrun_launcher_is_killed_outright(photos, tm
     out = tmp_path / "out"
     proc = subprocess.Popen(mask_command(photos_dir, out, processes=2), env=fault_env(**{PAUSE_ENV: "0.5"}),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    counters = out / ".records" / "mask.progress"
     deadline = time.monotonic() + 300
-    while len(_records(out)) < 2 or not (counters / "rank1.json").exists():
+    while len(_records(out)) < 2 or len(run_pids(out)) < 2:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
         time.sleep(0.02)
-    workers = [json.loads((counters / f"rank{r}.json").read_text())["pid"] for r in (0, 1)]
+    workers = list(run_pids(out).values())
     assert all(os.getpgid(pid) != proc.pid for pid in workers)  # not in the launcher's group: a killpg misses them
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
@@ -157,12 +163,4 @@ def test_workers_stop_when_their_torchrun_launcher_is_killed_outright(photos, tm
     while any(_alive(pid) for pid in workers):
         assert time.monotonic() < deadline, "the workers went on after their launcher was killed"
         time.sleep(0.1)
-    finished = _records(out)
-    assert 2 <= len(finished) < PHOTOS, finished  # they stopped part way (each finished the item in hand)
-    check_presented_files(out)
-    kept = _finished(out, finished)
-    rerun = run_mask(photos_dir, out)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"mask: {PHOTOS - len(finished)} done, {len(finished)} already done, 0 failed" in rerun.stdout
-    assert _finished(out, finished) == kept
-    assert final_files(out) == reference
+    _stopped_part_way_then_resumed(photos_dir, out, reference)  # each worker finished the item in hand

@@ -94,7 +94,7 @@ def _latent_cache_signature(config, dataset) -> dict:
                  "first_row": dataset.rows[0]["image"], "last_row": dataset.rows[-1]["image"],
                  # every row's files in order: the same count with other rows skipped (--skip-bad-rows) is other data
                  ROWS_DIGEST: hashlib.sha256(json.dumps([[r["image"], r.get("mask")] for r in dataset.rows])
-                                             .encode("utf-8", "surrogateescape")).hexdigest()}
+                                             .encode("ascii")).hexdigest()}  # json.dumps escapes to ASCII
     # recorded only when they differ from SD2 without a separate VAE, so SD2 caches of earlier versions stay valid
     if config.base and config.base != DEFAULT_BASE:
         signature["base"] = config.base

@@ -176,6 +176,23 @@ def journal_files(folder, kind: str = "mask") -> list:
     return [pathlib.Path(records, n) for n in names if n.endswith(JOURNAL_SUFFIX)]
 
 
+def run_pids(folder, kind: str = "mask") -> dict:
+    """{rank: pid} of the processes of a run in ``folder``, from the progress counters each writes
+    (``rank<k>.json`` names its pid; torchrun's workers sit in process groups of their own, so a test or a
+    simulation that kills a whole run kills these too)."""
+    from salient_background.models.runs.journal import RECORDS_FOLDER
+
+    counters = os.path.join(str(folder), RECORDS_FOLDER, kind + ".progress")
+    pids = {}
+    for name in os.listdir(counters) if os.path.isdir(counters) else []:
+        try:
+            with open(os.path.join(counters, name), encoding="utf-8") as fh:
+                pids[int(name[len("rank"):-len(".json")])] = int(json.load(fh)["pid"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return pids
+
+
 def check_presented_files(folder) -> None:
     """Every output the manifest and the pending records present as done is a whole, decodable PNG (and every
     record and the manifest are whole JSON)."""
