@@ -63,8 +63,8 @@ def full_size_components(base: str = "sd2-inpainting", seed: int = 0):
     randomize_all_tensors(controlnet, seed + 1, std=0.02).eval()
     vae = AutoencoderKL.from_config(configs["vae"]).eval()
     text_encoder = CLIPTextModel(CLIPTextConfig(**encoder_config)).eval()
-    folder = write_toy_tokenizer(tempfile.mkdtemp(prefix="bench_tok_"))
-    tokenizer = CLIPTokenizer.from_pretrained(folder)
+    with tempfile.TemporaryDirectory(prefix="bench_tok_") as folder:
+        tokenizer = CLIPTokenizer.from_pretrained(write_toy_tokenizer(folder))
     # SD1.5 inpainting ships PNDM with the same scaled-linear betas and epsilon prediction: one UniPC config fits both
     scheduler = UniPCMultistepScheduler.from_config(sd2_scheduler_config())
     return unet, controlnet, vae, text_encoder, tokenizer, scheduler

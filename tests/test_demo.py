@@ -17,6 +17,7 @@ from PIL import Image
 
 from salient_background import cli
 from salient_background.models.model_files import model_registry
+from sb_testkit.files import link_or_copy
 from sb_testkit.local_hub import local_hub as serve_registry, tiny_stand_in
 from sb_testkit.sam import cached_checkpoint
 from sb_testkit.sd_single_file import comfyui_models_dir
@@ -40,7 +41,7 @@ def tiny_models_dir(tiny_sd, tiny_single_file, inspyrenet_fast_checkpoint, tmp_p
     for entry in model_registry.select(["demo"]):
         target = models / model_registry.FOLDER_DEFAULT_SUBDIRS[entry.folder] / entry.filename
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(tiny_stand_in(entry, tiny_sd, inspyrenet_fast_checkpoint, tiny_single_file), target)
+        link_or_copy(tiny_stand_in(entry, tiny_sd, inspyrenet_fast_checkpoint, tiny_single_file), target)
     return str(models)
 
 
@@ -105,10 +106,10 @@ def _models_folder(tmp_path, tiny_sd, inspyrenet_path, *, sam=True):  # noqa: F8
     """A models folder holding InSPyReNet (and SAM) where ``download demo`` puts them; the rest is up to the test."""
     models = tmp_path / "models"
     (models / "salient").mkdir(parents=True)
-    shutil.copyfile(inspyrenet_path, models / "salient" / "ckpt_base.pth")
+    link_or_copy(inspyrenet_path, models / "salient" / "ckpt_base.pth")
     if sam:
         (models / "sams").mkdir()
-        shutil.copyfile(cached_checkpoint("tiny"), models / "sams" / "sam_vit_b_01ec64.pth")
+        link_or_copy(cached_checkpoint("tiny"), models / "sams" / "sam_vit_b_01ec64.pth")
     return models
 
 
@@ -138,11 +139,11 @@ def test_single_file_with_configs_beside_it_and_the_released_pth_count_and_only_
 
     models = _models_folder(tmp_path, tiny_sd, inspyrenet_fast_checkpoint, sam=False)
     (models / "checkpoints").mkdir()
-    shutil.copyfile(tiny_single_file, models / "checkpoints" / "512-inpainting-ema.safetensors")
+    link_or_copy(tiny_single_file, models / "checkpoints" / "512-inpainting-ema.safetensors")
     copy_config_folder(tiny_sd.si2_dir, str(models / "checkpoints" / "stable-diffusion-2-inpainting"))
     (models / "controlnet").mkdir()
     released = next(iter(tiny_sd.controlnet_pth.values()))
-    shutil.copyfile(released, models / "controlnet" / "controlnet_inpainting_salient_aware.pth")
+    link_or_copy(released, models / "controlnet" / "controlnet_inpainting_salient_aware.pth")
     out = tmp_path / "demo"
     assert cli.main(["demo", "--models-dir", str(models), "--output-dir", str(out)] + SMALL) == 2
     err = capsys.readouterr().err
@@ -159,7 +160,7 @@ def test_a_single_file_without_its_configs_asks_for_the_configs_only_and_names_t
         tiny_sd, tiny_single_file, inspyrenet_fast_checkpoint, tmp_path, no_network, capsys):  # noqa: F811
     models = _models_folder(tmp_path, tiny_sd, inspyrenet_fast_checkpoint)
     (models / "checkpoints").mkdir()
-    shutil.copyfile(tiny_single_file, models / "checkpoints" / "512-inpainting-ema.safetensors")
+    link_or_copy(tiny_single_file, models / "checkpoints" / "512-inpainting-ema.safetensors")
     shutil.copytree(tiny_sd.controlnet_dir, models / "controlnet" / "photo-background-generation")
     assert cli.main(["demo", "--models-dir", str(models), "--output-dir", str(tmp_path / "o")] + SMALL) == 2
     err = capsys.readouterr().err

@@ -45,13 +45,10 @@ def state():
 
 
 @pytest.fixture(scope="module")
-def ckpt_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("salient_ckpts")
-
-
-@pytest.fixture(scope="module")
-def pth_path(state, ckpt_dir):
-    return save_pth(state, ckpt_dir / "ckpt_fast.pth")
+def pth_path(state, tmp_path_factory):
+    """The one checkpoint the module shares; each test writes its own variants in its tmp_path (removed on
+    success: each is ~350 MB)."""
+    return save_pth(state, tmp_path_factory.mktemp("salient_ckpts") / "ckpt_fast.pth")
 
 
 @pytest.fixture(scope="module")
@@ -95,25 +92,25 @@ def test_loads_official_pth_strictly(model, state):
     assert_same_weights(model.network, state)
 
 
-def test_loads_safetensors(state, ckpt_dir):
-    path = save_safetensors(state, ckpt_dir / "ckpt_fast.safetensors")
+def test_loads_safetensors(state, tmp_path):
+    path = save_safetensors(state, tmp_path / "ckpt_fast.safetensors")
     assert_same_weights(load_salient_model(path, mode="fast", device="cpu").network, state)
 
 
 @pytest.mark.parametrize("wrap", ["lightning", "module_prefix"])
-def test_unwraps_common_wrappers(state, ckpt_dir, wrap):
+def test_unwraps_common_wrappers(state, tmp_path, wrap):
     if wrap == "module_prefix":  # DataParallel / DDP
         payload = {f"module.{k}": v for k, v in state.items()}
     else:  # {"state_dict": {"model.<key>": ...}, "epoch": ...}
         payload = {"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 3}
-    path = save_pth(payload, ckpt_dir / f"wrapped_{wrap}.pth")
+    path = save_pth(payload, tmp_path / f"wrapped_{wrap}.pth")
     assert_same_weights(load_salient_model(path, mode="fast", device="cpu").network, state)
 
 
-def test_derived_buffers_may_be_missing(state, ckpt_dir):
+def test_derived_buffers_may_be_missing(state, tmp_path):
     trimmed = {k: v for k, v in state.items() if not k.endswith((".relative_position_index", ".num_batches_tracked"))}
     assert len(trimmed) < len(state)
-    net = load_salient_model(save_safetensors(trimmed, ckpt_dir / "trimmed.safetensors"), mode="fast", device="cpu").network
+    net = load_salient_model(save_safetensors(trimmed, tmp_path / "trimmed.safetensors"), mode="fast", device="cpu").network
     loaded = net.state_dict()
     for key in trimmed:
         assert torch.equal(loaded[key], state[key]), key
@@ -128,30 +125,30 @@ def test_mode_is_explicit_and_validated(pth_path):
 
 
 # ------------------------------------------------------------------------------------------ bad checkpoints
-def test_truncated_file(pth_path, ckpt_dir):
-    path = save_truncated(pth_path, ckpt_dir / "truncated.pth", 0.3)
+def test_truncated_file(pth_path, tmp_path):
+    path = save_truncated(pth_path, tmp_path / "truncated.pth", 0.3)
     with pytest.raises(CheckpointError, match="truncated"):
         load_salient_model(path, mode="fast", device="cpu")
 
 
-def test_truncated_safetensors(state, ckpt_dir):
-    full = save_safetensors({k: state[k] for k in list(state)[:50]}, ckpt_dir / "part.safetensors")
-    path = save_truncated(full, ckpt_dir / "truncated.safetensors", 0.5)
+def test_truncated_safetensors(state, tmp_path):
+    full = save_safetensors({k: state[k] for k in list(state)[:50]}, tmp_path / "part.safetensors")
+    path = save_truncated(full, tmp_path / "truncated.safetensors", 0.5)
     with pytest.raises(CheckpointError, match="truncated"):
         load_salient_model(path, mode="fast", device="cpu")
 
 
-def test_missing_and_empty_files(ckpt_dir):
+def test_missing_and_empty_files(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
-        load_salient_model(ckpt_dir / "nope.pth", mode="fast")
-    empty = ckpt_dir / "empty.pth"
+        load_salient_model(tmp_path / "nope.pth", mode="fast")
+    empty = tmp_path / "empty.pth"
     empty.write_bytes(b"")
     with pytest.raises(CheckpointError, match="empty"):
         load_salient_model(empty, mode="fast")
 
 
-def test_not_an_inspyrenet_checkpoint(ckpt_dir):
-    path = save_pth(non_inspyrenet_state_dict(), ckpt_dir / "other.pth")
+def test_not_an_inspyrenet_checkpoint(tmp_path):
+    path = save_pth(non_inspyrenet_state_dict(), tmp_path / "other.pth")
     with pytest.raises(CheckpointError) as err:
         load_salient_model(path, mode="fast", device="cpu")
     message = str(err.value)
@@ -162,39 +159,39 @@ def test_not_an_inspyrenet_checkpoint(ckpt_dir):
     assert "ckpt_base.pth" in message  # where the right file comes from
 
 
-def test_res2net_variant_is_named(state, ckpt_dir):
-    path = save_pth(res2net_variant_state_dict(state), ckpt_dir / "res2net.pth")
+def test_res2net_variant_is_named(state, tmp_path):
+    path = save_pth(res2net_variant_state_dict(state), tmp_path / "res2net.pth")
     with pytest.raises(CheckpointError, match="Res2Net50"):
         load_salient_model(path, mode="fast", device="cpu")
 
 
-def test_wrong_shapes_are_listed(state, ckpt_dir):
+def test_wrong_shapes_are_listed(state, tmp_path):
     bad = dict(state)
     bad["context1.branch0.conv.weight"] = torch.zeros(64, 64, 1, 1)
     bad["decoder.conv5.conv.weight"] = torch.zeros(2, 64, 3, 3)
     with pytest.raises(CheckpointError) as err:
-        load_salient_model(save_pth(bad, ckpt_dir / "shapes.pth"), mode="fast", device="cpu")
+        load_salient_model(save_pth(bad, tmp_path / "shapes.pth"), mode="fast", device="cpu")
     message = str(err.value)
     assert "wrong tensor shapes" in message
     assert "context1.branch0.conv.weight: (64, 64, 1, 1) in the file, (64, 128, 1, 1) expected" in message
     assert "decoder.conv5.conv.weight" in message
 
 
-def test_incomplete_checkpoint(state, ckpt_dir):
+def test_incomplete_checkpoint(state, tmp_path):
     bad = {k: v for k, v in state.items() if not k.startswith("attention0.")}
     bad["extra.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointError) as err:
-        load_salient_model(save_pth(bad, ckpt_dir / "incomplete.pth"), mode="fast", device="cpu")
+        load_salient_model(save_pth(bad, tmp_path / "incomplete.pth"), mode="fast", device="cpu")
     message = str(err.value)
     assert "incomplete" in message and "attention0." in message and "extra.weight" in message
 
 
-def test_non_finite_weights(state, ckpt_dir):
+def test_non_finite_weights(state, tmp_path):
     bad = dict(state)
     bad["decoder.conv1.conv.weight"] = state["decoder.conv1.conv.weight"].clone()
     bad["decoder.conv1.conv.weight"][0, 0, 0, 0] = float("nan")
     with pytest.raises(CheckpointError, match="NaN"):
-        load_salient_model(save_pth(bad, ckpt_dir / "nan.pth"), mode="fast", device="cpu")
+        load_salient_model(save_pth(bad, tmp_path / "nan.pth"), mode="fast", device="cpu")
 
 
 # ------------------------------------------------------------------------------------------ resize policies

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 
 import torch
@@ -26,6 +25,7 @@ import torch
 from .diffusers_models import (TINY_IMAGE_SIZE, randomize_all_tensors, save_text_encoder_real_layout,
                                sd2_scheduler_config, tiny_sd_models, tiny_text_encoder_config, tiny_vae_config,
                                toy_bpe_vocabulary, write_toy_tokenizer)
+from .files import process_temporary_folder
 
 SDXL_TE1_WIDTH = 16
 SDXL_TE2_WIDTH = 16  # also the pooled width
@@ -136,7 +136,7 @@ def tiny_base_folder(base: str) -> str:
             pass
         elif base not in _FOLDERS:
             if not _ROOT:
-                _ROOT.append(tempfile.mkdtemp(prefix="sb_tiny_bases_"))
+                _ROOT.append(process_temporary_folder("sb_tiny_bases_"))
             save = {"sd15-inpainting": save_tiny_sd15_folder, "sdxl-inpainting": save_tiny_sdxl_folder}[base]
             _FOLDERS[base] = save(os.path.join(_ROOT[0], base))
     return tiny_sd_models().si2_dir if base == "sd2-inpainting" else _FOLDERS[base]

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 from dataclasses import dataclass, field
 
 import torch
+
+from .files import process_temporary_folder
 
 # Pixel size the tiny models are meant to run at: latents are 8x8, the UNet's inner level 4x4.
 TINY_IMAGE_SIZE = 64
@@ -406,7 +407,7 @@ def tiny_sd_models(base_dir: str | None = None) -> TinySDModels:
     """The session-wide set, built on first use (in ``base_dir`` or a temporary folder) and reused afterwards."""
     with _LOCK:
         if "default" not in _CACHE:
-            root = os.path.join(base_dir, "tiny_sd") if base_dir else tempfile.mkdtemp(prefix="sb_tiny_sd_")
+            root = os.path.join(base_dir, "tiny_sd") if base_dir else process_temporary_folder("sb_tiny_sd_")
             os.makedirs(root, exist_ok=True)
             _CACHE["default"] = build_tiny_sd_models(root)
         return _CACHE["default"]

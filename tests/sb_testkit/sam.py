@@ -15,6 +15,8 @@ import os
 
 import torch
 
+from .files import process_temporary_folder
+
 TINY = dict(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=4, img_size=1024, patch_size=64)
 
 
@@ -60,14 +62,9 @@ _CACHE_DIR: str | None = None
 
 def cached_checkpoint(variant: str = "tiny", seed: int = 0) -> str:
     """Path of a random checkpoint written once per test process (a session-wide cache for every test file)."""
-    import atexit
-    import shutil
-    import tempfile
-
     global _CACHE_DIR
     if _CACHE_DIR is None:
-        _CACHE_DIR = tempfile.mkdtemp(prefix="sb_sam_")
-        atexit.register(shutil.rmtree, _CACHE_DIR, True)
+        _CACHE_DIR = process_temporary_folder("sb_sam_")
     path = os.path.join(_CACHE_DIR, f"sam_{variant}_{seed}.pth")
     if not os.path.isfile(path):
         save_random_sam(path, variant, seed)
