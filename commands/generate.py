@@ -47,7 +47,7 @@ from .common import add_run_options, ensure_output_dir, exit_status, print_dry_r
 from .generate_inputs import collect_items, prepare_items
 from ..models.runs import resumable
 from .generate_manifest import GENERATE_RECORDS, FolderState, read_state, write_manifest
-from .generate_gate import add_gate_options, gate_policy, gate_settings, gated_todo
+from .generate_gate import add_gate_options, gate_policy, gate_settings, gated_todo, planned_steps
 from .generate_gate import summary as gate_summary
 from .generate_plan import abs_path, photo_works, plan_against_folder, plan_jobs, run_settings
 
@@ -156,8 +156,8 @@ def _run(args: argparse.Namespace, ranks, plan) -> int:
                 os.makedirs(folder, exist_ok=True)
     if works:
         run_shared_part(
-            ranks, journal, works, key=lambda w: w.item.id, total=len(todo) * args.steps, unit="step",
-            desc="generate", args=args, already=done * args.steps,
+            ranks, journal, works, key=lambda w: w.item.id, total=planned_steps(len(todo), args), unit="step",
+            desc="generate", args=args, already=planned_steps(done, args),
             make_runner=lambda mine, progress: make_runner(plan, mine, args, out, settings, device, dtype, progress,
                                                            journal))
     else:

@@ -68,6 +68,15 @@ def check_gate_options(args) -> None:
     args.num_images = policy.keep
 
 
+def planned_steps(job_count: int, args) -> int:
+    """The bar's steps for ``job_count`` jobs: each job's steps, or with the gate each row's first round (its
+    ``--keep`` jobs make ``--candidates`` images); a further round adds to the bar when it runs."""
+    policy = gate_policy(args)
+    if policy is None:
+        return job_count * args.steps
+    return job_count // policy.keep * policy.candidates * args.steps
+
+
 def gate_settings(args) -> dict:
     """What the gate adds to a row's settings (another policy or SAM keeps other images)."""
     policy = gate_policy(args)
@@ -91,10 +100,10 @@ def gated_todo(jobs: list, rows: dict, run: dict, overwrite: bool) -> list:
 class GateRunner:
     """Runs the gate for the rows of the photos a :class:`PhotoRunner` computes, and annotates what it saves."""
 
-    def __init__(self, args, out: str, settings: dict, device):
+    def __init__(self, args, out: str, settings: dict, device, progress):
         from ..models.networks.sam import load_sam
 
-        self.args, self.out, self.settings = args, out, settings
+        self.args, self.out, self.settings, self.progress = args, out, settings, progress
         self.policy = gate_policy(args)
         self.sam = load_sam(args.gate_sam).model.to(device)
         self.folder = os.path.join(out, CANDIDATES)
@@ -128,8 +137,14 @@ class GateRunner:
         settings = first.settings(self.settings)
         previous = [] if self.args.overwrite else self._recorded(tag, settings)
         log_records = [a.record() for a in previous]
+        rounds = previous_rounds = len(previous) // self.policy.candidates
+        for round_index in range(previous_rounds):  # recorded by a stopped run: on the bar, not generated again
+            self._count_round(round_index, generated_now=False)
 
         def generate(seeds):
+            nonlocal rounds
+            self._count_round(rounds, generated_now=True)
+            rounds += 1
             chunks = [[replace(first, seed=s) for s in seeds[i:i + self.args.batch_size]]
                       for i in range(0, len(seeds), self.args.batch_size)]
             # as the files hold them (8 bits): a resumed run then keeps exactly what an uninterrupted one keeps
@@ -146,6 +161,15 @@ class GateRunner:
         scorer = gate.SamGateScorer(self.sam, mask, points=GATE_POINTS)
         return gate.run_gate(generate, scorer, self.policy, first.seed, previous=previous, on_round=save_round,
                              recall=lambda a: _read_picture(self._candidate_path(tag, a.seed)))
+
+    def _count_round(self, round_index: int, *, generated_now: bool) -> None:
+        """The bar planned each row's first round; a later one adds its steps. A round generated now advances the
+        bar step by step as it runs; a recorded one at once."""
+        steps = self.policy.candidates * self.args.steps
+        if round_index > 0:
+            self.progress.extend(steps)
+        if not generated_now:
+            self.progress.advance(steps)
 
     def _candidate_path(self, tag: str, seed: int) -> str:
         return os.path.join(self.folder, f"{tag}_s{seed}.png")

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 
 from .files import save_image_atomically
-from .generate_gate import GateRunner, gate_policy
+from .generate_gate import GateRunner, gate_policy, planned_steps
 from .generate_inputs import Item
 from .generate_manifest import record_image
 from .generate_plan import Job, PhotoWork, abs_path
@@ -126,7 +126,7 @@ class PhotoRunner:
     load = staticmethod(load_photo)
 
     def failure_record(self, work: PhotoWork, reason: str) -> dict:
-        self.progress.advance(len(work.jobs) * self.args.steps)  # its steps will not run
+        self.progress.advance(planned_steps(len(work.jobs), self.args))  # its steps will not run
         return {"id": work.item.id, "source": abs_path(work.item.path), "failed": reason}
 
     def compute(self, ready: list) -> list:
@@ -198,5 +198,5 @@ def make_runner(plan, mine: list[PhotoWork], args, out, settings, device, dtype,
     pipe = pipeline_from_plan(plan, device=device, dtype=dtype, scheduler=args.scheduler.lower())
     runner = PhotoRunner(args, out, settings, salient, pipe, progress, journal)
     if gate_policy(args) is not None:
-        runner.gate = GateRunner(args, out, settings, device)
+        runner.gate = GateRunner(args, out, settings, device, progress)
     return runner

@@ -181,3 +181,47 @@ def test_killed_after_a_round_resumes_without_regenerating_its_candidates(inputs
     after = file_states(out, under=("candidates",))
     assert {k: after[k] for k in kept_states} == kept_states  # not generated again: same inode, mtime, bytes
     assert folder_bytes(out) == folder_bytes(root / "one")
+
+
+def test_the_bar_counts_every_candidate_step_and_a_resumed_run_ends_full(inputs, tmp_path, monkeypatch):
+    """The bar plans each row's first round (--candidates images, not --keep) and grows when a row needs another
+    round; a run resuming recorded rounds counts them at once. Either way it ends exactly full, at the steps of
+    the candidates the gate made (counted from the files)."""
+    import shutil
+
+    import tqdm.auto
+
+    from salient_background import cli
+
+    bars = []
+
+    class RecordingBar:
+        def __init__(self, total=None, initial=0, **kw):
+            self.total, self.n, self.planned = total, initial, total
+            bars.append(self)
+
+        def update(self, k=1):
+            self.n += k
+            assert self.n <= self.total
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
+    root, args, _ = inputs
+    steps, candidates = 2, 2
+    with_bar = [str(a) for a in args]  # --no-progress: the bar is still made (disabled), the libraries' are not
+    fresh = tmp_path / "fresh"
+    assert cli.main([*with_bar, "--output-dir", str(fresh)]) == 0
+    made = len([p for p in os.listdir(fresh / "candidates") if p.endswith(".png")])
+    assert made > len(NAMES) * candidates  # the inputs make some row run a second round
+    (bar,) = bars
+    assert bar.planned == len(NAMES) * candidates * steps and bar.n == bar.total == made * steps
+
+    resumed = tmp_path / "resumed"  # every round recorded already (a stopped run's candidates folder)
+    shutil.copytree(fresh / "candidates", resumed / "candidates")
+    bars.clear()
+    assert cli.main([*with_bar, "--output-dir", str(resumed)]) == 0
+    (bar,) = bars
+    assert bar.n == bar.total == made * steps
+    assert folder_bytes(resumed) == folder_bytes(fresh)

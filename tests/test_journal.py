@@ -127,3 +127,39 @@ def test_journals_of_many_folders_keep_no_file_open(tmp_path):
         journal.write("a", {"id": "a", "n": i})
     assert len(os.listdir("/proc/self/fd")) <= before + 2
     assert Journal(str(tmp_path / "folder299"), "kind").pending() == {"a": {"id": "a", "n": 299}}
+
+
+def test_the_main_bar_shows_what_another_process_did_and_added_to_the_job(tmp_path):
+    """Progress across processes: a worker's counts (units done, units added to the planned total, as the quality
+    gate adds a round) reach the main process's bar through the progress files."""
+    from salient_background.models.runs.engine import RunProgress
+    from salient_background.models.runs.ranks import Ranks
+
+    bars = []
+
+    class RecordingBar:
+        def __init__(self, total=None, initial=0, **kw):
+            self.total, self.n = total, initial
+            bars.append(self)
+
+        def update(self, k=1):
+            self.n += k
+
+        def close(self):
+            pass
+
+    main = RunProgress(Ranks(0, 2), Journal(str(tmp_path), "generate"), 10, "step", "generate", disable=False,
+                       bar_factory=RecordingBar)
+    worker = RunProgress(Ranks(1, 2), Journal(str(tmp_path), "generate"), 10, "step", "generate", disable=False,
+                         bar_factory=RecordingBar)
+    main.start()
+    worker.start()
+    main.advance(4)
+    worker.extend(6)
+    worker.advance(5)
+    worker.finish_own()
+    main.extend(2)
+    main.advance(3)
+    main.close()
+    (bar,) = bars  # the worker shows none
+    assert (bar.total, bar.n) == (10 + 6 + 2, 4 + 5 + 3)

@@ -158,6 +158,7 @@ class RunProgress:
     def __init__(self, ranks, journal, total: int, unit: str, desc: str, disable: bool, bar_factory=None,
                  initial: int = 0):
         self.ranks, self.journal, self.own, self.shown, self.initial = ranks, journal, 0, 0, initial
+        self.planned, self.added = total, 0
         self._bar_args = dict(total=total, unit=unit, desc=desc, disable=disable, file=sys.stderr)
         self._bar_factory = bar_factory
         self._last_write = 0.0
@@ -169,6 +170,15 @@ class RunProgress:
     def advance(self, k: int = 1) -> None:
         with self._lock:
             self.own += k
+        self._changed()
+
+    def extend(self, k: int) -> None:
+        """The job grew by ``k`` units that the planned total did not count (the quality gate ran another round)."""
+        with self._lock:
+            self.added += k
+        self._changed()
+
+    def _changed(self) -> None:
         if self.ranks.is_main:
             self._refresh()
         elif time.monotonic() - self._last_write >= self.POLL_SECONDS:
@@ -176,13 +186,17 @@ class RunProgress:
 
     def _write(self) -> None:
         self._last_write = time.monotonic()
-        self.journal.write_progress(self.ranks.rank, self.own)
+        self.journal.write_progress(self.ranks.rank, self.own, self.added)
 
     def _refresh(self) -> None:
         if self.bar is None:
             return
-        others = self.journal.read_progress(skip_rank=0) if self.ranks.world > 1 else 0
+        others, others_added = self.journal.read_progress(skip_rank=0) if self.ranks.world > 1 else (0, 0)
         with self._lock:
+            total = self.planned + self.added + others_added
+            if total != getattr(self.bar, "total", None):  # before the count, which never runs past the total
+                self.bar.total = total
+                getattr(self.bar, "refresh", lambda: None)()
             delta = self.own + others - self.shown
             if delta > 0:
                 self.shown += delta

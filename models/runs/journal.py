@@ -165,22 +165,27 @@ class Journal:
         self.consume()
 
     # -- progress counters: one small file per process, summed by the main process's progress bar
-    def write_progress(self, rank: int, done: int) -> None:
+    def write_progress(self, rank: int, done: int, added: int = 0) -> None:
+        """This process's counts: units ``done``, and units ``added`` to the job's planned total (work found on
+        the way, e.g. another round of the quality gate)."""
         os.makedirs(self.progress_folder, exist_ok=True)
-        write_json_atomically(os.path.join(self.progress_folder, f"rank{rank}.json"), {"done": done, "pid": os.getpid()})
+        write_json_atomically(os.path.join(self.progress_folder, f"rank{rank}.json"),
+                              {"done": done, "added": added, "pid": os.getpid()})
 
-    def read_progress(self, skip_rank: int = 0) -> int:
-        total = 0
+    def read_progress(self, skip_rank: int = 0) -> tuple[int, int]:
+        """(done, added) summed over the other processes' counts."""
+        done = added = 0
         if not os.path.isdir(self.progress_folder):
-            return 0
+            return 0, 0
         for name in os.listdir(self.progress_folder):
             if name.startswith("rank") and name.endswith(".json") and name != f"rank{skip_rank}.json":
                 try:
                     with open(os.path.join(self.progress_folder, name), encoding="utf-8") as fh:
-                        total += int(json.load(fh).get("done", 0))
+                        counts = json.load(fh)
+                    done, added = done + int(counts.get("done", 0)), added + int(counts.get("added", 0))
                 except (OSError, ValueError, AttributeError):
                     continue
-        return total
+        return done, added
 
     def clear_progress(self) -> None:
         if os.path.isdir(self.progress_folder):
