@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from sb_testkit.cli_runs import child_env, command, file_states, folder_bytes, run_cli
+from sb_testkit.progress import record_bars
 from sb_testkit.sam import cached_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -189,25 +190,9 @@ def test_the_bar_counts_every_candidate_step_and_a_resumed_run_ends_full(inputs,
     the candidates the gate made (counted from the files)."""
     import shutil
 
-    import tqdm.auto
-
     from salient_background import cli
 
-    bars = []
-
-    class RecordingBar:
-        def __init__(self, total=None, initial=0, **kw):
-            self.total, self.n, self.planned = total, initial, total
-            bars.append(self)
-
-        def update(self, k=1):
-            self.n += k
-            assert self.n <= self.total
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
+    bars = record_bars(monkeypatch)
     root, args, _ = inputs
     steps, candidates = 2, 2
     with_bar = [str(a) for a in args]  # --no-progress: the bar is still made (disabled), the libraries' are not

@@ -12,6 +12,7 @@ from PIL import Image
 
 
 from salient_background import cli
+from sb_testkit.progress import record_bars
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -331,22 +332,7 @@ def test_a_run_with_nothing_to_do_does_not_run_the_salient_model_again(tiny_sd, 
 
 # ---------------------------------------------------------------------------------------------- feedback
 def test_progress_bar_counts_every_image_of_every_batch(tiny_sd, tmp_path, monkeypatch):
-    import tqdm.auto
-
-    bars = []
-
-    class RecordingBar:
-        def __init__(self, total=None, **kw):
-            self.total, self.n = total, 0
-            bars.append(self)
-
-        def update(self, k=1):
-            self.n += k
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
+    bars = record_bars(monkeypatch)
     photos, masks = _one_photo(tmp_path)
     assert _generate(photos, "--pipeline", tiny_sd.hf_pipeline_dir, "--masks", masks, "--prompt", "a swan",
                      "--num-images", "7", "--batch-size", "4", "--output-dir", tmp_path / "out") == 0
@@ -448,26 +434,12 @@ def test_one_generate_run_decides_the_base_once(tiny_sd, tmp_path, monkeypatch):
 def test_the_bar_starts_once_the_models_are_loaded_and_counts_what_is_done(tiny_sd, tmp_path, monkeypatch):
     """Model loading is no step of the bar (and the libraries' loading bars end before ours starts); a resumed run's
     bar starts at what earlier runs did."""
-    import tqdm.auto
-
     import salient_background.models.generation.loading as loading
 
     events = []
-
-    class RecordingBar:
-        def __init__(self, total=None, initial=0, **kw):
-            self.n = initial
-            events.append(("bar", total, initial))
-
-        def update(self, k=1):
-            self.n += k
-
-        def close(self):
-            events.append(("closed", self.n))
-
     real_load = loading.pipeline_from_plan
     monkeypatch.setattr(loading, "pipeline_from_plan", lambda *a, **k: events.append(("load",)) or real_load(*a, **k))
-    monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
+    record_bars(monkeypatch, events)
     photos, masks, _ = _photo_folder(tmp_path)
     out = tmp_path / "out"
     assert _generate(photos / "square.png", "--pipeline", tiny_sd.hf_pipeline_dir, "--masks", masks, "--prompt", "x",

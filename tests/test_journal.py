@@ -134,24 +134,13 @@ def test_the_main_bar_shows_what_another_process_did_and_added_to_the_job(tmp_pa
     gate adds a round) reach the main process's bar through the progress files."""
     from salient_background.models.runs.engine import RunProgress
     from salient_background.models.runs.ranks import Ranks
+    from sb_testkit.progress import recording_bar_class
 
-    bars = []
-
-    class RecordingBar:
-        def __init__(self, total=None, initial=0, **kw):
-            self.total, self.n = total, initial
-            bars.append(self)
-
-        def update(self, k=1):
-            self.n += k
-
-        def close(self):
-            pass
-
+    bars: list = []
     main = RunProgress(Ranks(0, 2), Journal(str(tmp_path), "generate"), 10, "step", "generate", disable=False,
-                       bar_factory=RecordingBar)
+                       bar_factory=recording_bar_class(bars))
     worker = RunProgress(Ranks(1, 2), Journal(str(tmp_path), "generate"), 10, "step", "generate", disable=False,
-                         bar_factory=RecordingBar)
+                         bar_factory=recording_bar_class(bars))
     main.start()
     worker.start()
     main.advance(4)
