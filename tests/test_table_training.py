@@ -10,8 +10,12 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from sb_testkit.cli_runs import run_cli
+from sb_testkit.diffusers_models import CONTROLNET_CONDITIONING_CHANNELS
 from sb_testkit.sam import cached_checkpoint
 from sb_testkit.training_runs import train_in_process
 from test_training import RES, RESIZE, RedSegmenter, _config, make_photo_folder
@@ -40,15 +44,31 @@ def dataset(tmp_path_factory):
     return str(root / "dataset")
 
 
-def test_validation_metrics_hold_out_rows_and_log_the_table(tiny_sd, dataset, metric_models, tmp_path):
-    out = tmp_path / "run"
-    train_in_process(_config(tiny_sd, dataset, out, max_train_steps=4, validation_steps=2, checkpointing_steps=2,
-                             validation_rows=1, validation_inference_steps=2, learning_rate=1e-2, record_samples=True,
-                             validation_metrics="expansion,fid,clip_score,lpips_diversity", validation_holdout=2,
-                             validation_metric_seeds=2, validation_bootstrap=200, validation_models_dir=metric_models,
-                             validation_sam=cached_checkpoint("tiny")))
+def _holdout_run_options(metric_models) -> dict:
+    """A 4-step run validating at steps 2 and 4 on the manifest's last 2 rows (of 8)."""
+    return dict(max_train_steps=4, validation_steps=2, checkpointing_steps=2, validation_rows=1,
+                validation_inference_steps=2, learning_rate=1e-2, record_samples=True,
+                validation_metrics="expansion,fid,clip_score,lpips_diversity", validation_holdout=2,
+                validation_metric_seeds=2, validation_bootstrap=200, validation_models_dir=metric_models,
+                validation_sam=cached_checkpoint("tiny"))
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tiny_sd, dataset, metric_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one_process") / "run"
+    train_in_process(_config(tiny_sd, dataset, out, **_holdout_run_options(metric_models)))
+    return out
+
+
+def _rows_trained_on(out, ranks: int) -> set:
+    return {index for rank in range(ranks) for line in open(out / f"samples-rank{rank}.jsonl")
+            for index in json.loads(line)["index"]}
+
+
+def test_validation_metrics_hold_out_rows_and_log_the_table(one_process_run):
+    out = one_process_run
     # the last 2 of the 8 rows are never trained on
-    seen = {json.loads(line)["index"][k] for line in open(out / "samples-rank0.jsonl") for k in range(2)}
+    seen = _rows_trained_on(out, 1)
     assert seen <= set(range(6)) and len(seen) >= 2
     records = [json.loads(line) for line in open(out / "validation" / "validation.jsonl")]
     assert [r["step"] for r in records] == [2, 4]
@@ -68,6 +88,45 @@ def test_validation_metrics_hold_out_rows_and_log_the_table(tiny_sd, dataset, me
     # the baseline is rendered once: the same numbers at every step
     assert records[0]["metrics"]["baseline"] == records[1]["metrics"]["baseline"]
     assert records[0]["metrics"]["controlnet"] != records[1]["metrics"]["controlnet"]  # the ControlNet trained on
+
+
+def test_two_processes_validate_on_the_main_process_only_with_the_baseline_of_one(tiny_sd, dataset, metric_models,
+                                                                                  one_process_run, tmp_path):
+    """torchrun x2 (gloo), batch 1 each: the main process alone renders and measures (no metric waits for the other
+    process, which waits at the next step), neither process trains on the held-out rows, and the baseline (rendered
+    with the ControlNet switched off) is the one-process run's up to float rounding."""
+    options = dict(_holdout_run_options(metric_models), data=dataset, base_model=tiny_sd.si2_dir, resolution=RES,
+                   resize_to=RESIZE, conditioning_channels=CONTROLNET_CONDITIONING_CHANNELS, batch_size=1,
+                   report_to="none", seed=0, output_dir=tmp_path / "two")
+    flags = []
+    for name, value in options.items():  # the train command's flags are the config's field names
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        else:
+            flags += [flag, *value] if isinstance(value, (list, tuple)) else [flag, value]
+    two = run_cli(["training", "train", *flags], processes=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    out = tmp_path / "two"
+    seen = _rows_trained_on(out, 2)
+    assert seen <= set(range(6)) and len(seen) >= 2
+    records = [json.loads(line) for line in open(out / "validation" / "validation.jsonl")]
+    assert [r["step"] for r in records] == [2, 4]  # once per validation, not once per process
+    alone = [json.loads(line) for line in open(one_process_run / "validation" / "validation.jsonl")]
+    # equal up to float rounding: measured, 1 of the 49,152 8-bit values of 4 images one level apart
+    baseline = os.path.join("validation", "metrics", "baseline", "generated")
+    names = sorted(os.listdir(one_process_run / baseline))
+    assert sorted(os.listdir(out / baseline)) == names and len(names) == 4
+    differences = np.concatenate([np.abs(_pixels(out / baseline / n) - _pixels(one_process_run / baseline / n)).ravel()
+                                  for n in names])
+    assert differences.max() <= 1 and np.count_nonzero(differences) <= 10
+    mine, theirs = records[0]["metrics"]["baseline"], alone[0]["metrics"]["baseline"]
+    assert mine.keys() == theirs.keys() and all(mine[k] == pytest.approx(theirs[k], rel=1e-3) for k in mine)
+
+
+def _pixels(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.int16)
 
 
 def test_validation_metrics_go_to_tensorboard_scalars():
