@@ -195,9 +195,9 @@ def test_the_bar_counts_every_candidate_step_and_a_resumed_run_ends_full(inputs,
     bars = record_bars(monkeypatch)
     root, args, _ = inputs
     steps, candidates = 2, 2
-    with_bar = [str(a) for a in args]  # --no-progress: the bar is still made (disabled), the libraries' are not
+    args = [str(a) for a in args]  # --no-progress: our bar is still made (disabled), the libraries' are not
     fresh = tmp_path / "fresh"
-    assert cli.main([*with_bar, "--output-dir", str(fresh)]) == 0
+    assert cli.main([*args, "--output-dir", str(fresh)]) == 0
     made = len([p for p in os.listdir(fresh / "candidates") if p.endswith(".png")])
     assert made > len(NAMES) * candidates  # the inputs make some row run a second round
     (bar,) = bars
@@ -206,7 +206,7 @@ def test_the_bar_counts_every_candidate_step_and_a_resumed_run_ends_full(inputs,
     resumed = tmp_path / "resumed"  # every round recorded already (a stopped run's candidates folder)
     shutil.copytree(fresh / "candidates", resumed / "candidates")
     bars.clear()
-    assert cli.main([*with_bar, "--output-dir", str(resumed)]) == 0
+    assert cli.main([*args, "--output-dir", str(resumed)]) == 0
     (bar,) = bars
     assert bar.n == bar.total == made * steps
     assert folder_bytes(resumed) == folder_bytes(fresh)

@@ -194,9 +194,9 @@ class RunProgress:
         others, others_added = self.journal.read_progress(skip_rank=0) if self.ranks.world > 1 else (0, 0)
         with self._lock:
             total = self.planned + self.added + others_added
-            if total != getattr(self.bar, "total", None):  # before the count, which never runs past the total
+            if total != self.bar.total:  # before the count, which never runs past the total
                 self.bar.total = total
-                getattr(self.bar, "refresh", lambda: None)()
+                self.bar.refresh()
             delta = self.own + others - self.shown
             if delta > 0:
                 self.shown += delta

@@ -16,6 +16,9 @@ def recording_bar_class(bars: list, events: Optional[list] = None) -> type:
             if events is not None:
                 events.append(("bar", total, initial))
 
+        def refresh(self):
+            pass
+
         def update(self, k=1):
             self.n += k
             assert self.total is None or self.n <= self.total, f"the bar counted {self.n} of {self.total}"
